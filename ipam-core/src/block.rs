@@ -1,0 +1,467 @@
+//! Operations on one block value: assign, release, cooldown, and the invariant check.
+//!
+//! These are plain `&mut self` methods with no IO. Each returns what it changed and bumps
+//! `sequenceNumber` once if it changed anything; the caller decides whether to write the
+//! block. The free list is a FIFO queue: assignment pops the head, release pushes the tail.
+
+use std::collections::HashSet;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::cidr::BlockCidr;
+use crate::error::Result;
+use crate::model::{AllocationAttribute, IpamBlock};
+
+/// What happened to one address asked to be released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// Freed: back at the tail of the free queue.
+    Released,
+    /// Released into cooldown: it returns to the free queue once the cooldown has passed.
+    CoolingDown,
+    /// It was not allocated (already released, or never assigned): nothing to do.
+    NotAllocated,
+    /// Its sequence number is not the one given: it was reallocated since; left alone.
+    BadSequenceNumber {
+        /// The allocation's current sequence number, if any.
+        current: Option<u64>,
+    },
+    /// It belongs to another handle than the one given; left alone.
+    HandleMismatch {
+        /// The current owner.
+        owner: Option<String>,
+    },
+}
+
+/// How a release treats the freed ordinal.
+#[derive(Clone, Copy, Debug)]
+pub enum Cooldown<'a> {
+    /// Free at once.
+    None,
+    /// Keep it allocated, stamped with this release time (RFC 3339).
+    Until(&'a str),
+}
+
+impl IpamBlock {
+    /// A new, empty block. `sequence_number` must not repeat any earlier block's (Calico
+    /// uses the creation time in nanoseconds).
+    pub fn new(
+        cidr: BlockCidr,
+        affinity: Option<String>,
+        sequence_number: u64,
+        claim_time: Option<String>,
+    ) -> Self {
+        let size = cidr.size();
+        IpamBlock {
+            cidr: cidr.net(),
+            affinity,
+            affinity_claim_time: claim_time,
+            allocations: vec![None; size as usize],
+            unallocated: (0..size).collect(),
+            attributes: Vec::new(),
+            sequence_number,
+            sequence_number_for_allocation: Default::default(),
+            deleted: false,
+            strict_affinity: false,
+        }
+    }
+
+    /// The block's CIDR, validated.
+    pub fn block_cidr(&self) -> Result<BlockCidr> {
+        BlockCidr::new(self.cidr)
+    }
+
+    /// The node named by a `host:` affinity.
+    pub fn host(&self) -> Option<&str> {
+        self.affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"))
+    }
+
+    /// Ordinals that are allocated, in cooldown or not.
+    pub fn in_use(&self) -> usize {
+        self.allocations.iter().filter(|a| a.is_some()).count()
+    }
+
+    /// Whether no ordinal is allocated (cooldown entries count as allocated).
+    pub fn is_empty(&self) -> bool {
+        self.allocations.iter().all(Option::is_none)
+    }
+
+    /// The attribute of an allocated ordinal.
+    pub fn attribute_of(&self, ordinal: u32) -> Option<&AllocationAttribute> {
+        let index = (*self.allocations.get(ordinal as usize)?)?;
+        self.attributes.get(index as usize)
+    }
+
+    /// Whether `ordinal` is held by a live owner (allocated and not cooling down).
+    pub fn is_live(&self, ordinal: u32) -> bool {
+        self.attribute_of(ordinal)
+            .is_some_and(|a| a.released_at.is_none())
+    }
+
+    /// Live ordinals owned by `handle`.
+    pub fn ordinals_of_handle(&self, handle: &str) -> Vec<u32> {
+        (0..self.allocations.len() as u32)
+            .filter(|&o| {
+                self.attribute_of(o).is_some_and(|a| {
+                    a.released_at.is_none() && a.handle_id.as_deref() == Some(handle)
+                })
+            })
+            .collect()
+    }
+
+    /// Assigns up to `n` free ordinals from the head of the queue to `attr`, passing over
+    /// (and keeping in place) ordinals for which `skip` is true, such as reserved ones.
+    pub fn assign(
+        &mut self,
+        n: u32,
+        attr: &AllocationAttribute,
+        skip: impl Fn(u32) -> bool,
+    ) -> Vec<u32> {
+        let mut taken = Vec::new();
+        let mut kept = std::collections::VecDeque::with_capacity(self.unallocated.len());
+        while let Some(ordinal) = self.unallocated.pop_front() {
+            if taken.len() as u32 == n {
+                kept.push_back(ordinal);
+                kept.extend(self.unallocated.drain(..));
+                break;
+            }
+            if skip(ordinal) {
+                kept.push_back(ordinal)
+            } else {
+                taken.push(ordinal)
+            }
+        }
+        self.unallocated = kept;
+        if !taken.is_empty() {
+            let index = self.attribute_index(attr);
+            for &o in &taken {
+                self.allocations[o as usize] = Some(index);
+                self.sequence_number_for_allocation
+                    .insert(o, self.sequence_number);
+            }
+            self.sequence_number += 1;
+        }
+        taken
+    }
+
+    /// Assigns one specific ordinal; `false` if it is not free.
+    pub fn assign_ordinal(&mut self, ordinal: u32, attr: &AllocationAttribute) -> bool {
+        let Some(pos) = self.unallocated.iter().position(|&o| o == ordinal) else {
+            return false;
+        };
+        self.unallocated.remove(pos);
+        let index = self.attribute_index(attr);
+        self.allocations[ordinal as usize] = Some(index);
+        self.sequence_number_for_allocation
+            .insert(ordinal, self.sequence_number);
+        self.sequence_number += 1;
+        true
+    }
+
+    /// Releases one ordinal if its owner and sequence number match what the caller names.
+    pub fn release(
+        &mut self,
+        ordinal: u32,
+        sequence: Option<u64>,
+        handle: Option<&str>,
+        cooldown: Cooldown<'_>,
+    ) -> ReleaseOutcome {
+        let outcome = self.release_one(ordinal, sequence, handle, cooldown);
+        if matches!(
+            outcome,
+            ReleaseOutcome::Released | ReleaseOutcome::CoolingDown
+        ) {
+            self.compact_attributes();
+            self.sequence_number += 1;
+        }
+        outcome
+    }
+
+    /// Releases every live ordinal of `handle`; returns them.
+    pub fn release_handle(&mut self, handle: &str, cooldown: Cooldown<'_>) -> Vec<u32> {
+        let ordinals = self.ordinals_of_handle(handle);
+        for &o in &ordinals {
+            self.release_one(o, None, None, cooldown);
+        }
+        if !ordinals.is_empty() {
+            self.compact_attributes();
+            self.sequence_number += 1;
+        }
+        ordinals
+    }
+
+    /// Frees ordinals whose cooldown of `cooldown_seconds` has passed at `now`, oldest
+    /// release first, so that they rejoin the queue in the order they were released.
+    pub fn fold_cooldown(&mut self, now: OffsetDateTime, cooldown_seconds: u32) -> Vec<u32> {
+        let mut due: Vec<(OffsetDateTime, u32)> = (0..self.allocations.len() as u32)
+            .filter_map(|o| {
+                let at = self.attribute_of(o)?.released_at.as_deref()?;
+                // An unparsable stamp is treated as long past: holding an address forever
+                // because of a malformed field would be a leak.
+                let at = OffsetDateTime::parse(at, &Rfc3339).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+                (at + time::Duration::seconds(i64::from(cooldown_seconds)) <= now)
+                    .then_some((at, o))
+            })
+            .collect();
+        due.sort();
+        for &(_, o) in &due {
+            self.free(o);
+        }
+        if !due.is_empty() {
+            self.compact_attributes();
+            self.sequence_number += 1;
+        }
+        due.into_iter().map(|(_, o)| o).collect()
+    }
+
+    /// Checks the block's internal consistency; each problem is one sentence.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let size = match self.block_cidr() {
+            Ok(c) => c.size() as usize,
+            Err(e) => return vec![e.to_string()],
+        };
+        if self.allocations.len() != size {
+            problems.push(format!(
+                "has {} allocation slots for {} addresses",
+                self.allocations.len(),
+                size
+            ));
+        }
+        let mut seen = HashSet::new();
+        for &o in &self.unallocated {
+            if o as usize >= size {
+                problems.push(format!("free ordinal {o} is outside the block"));
+            } else if !seen.insert(o) {
+                problems.push(format!("ordinal {o} is free twice"));
+            } else if self
+                .allocations
+                .get(o as usize)
+                .is_some_and(Option::is_some)
+            {
+                problems.push(format!("ordinal {o} is both free and allocated"));
+            }
+        }
+        let mut referenced = vec![false; self.attributes.len()];
+        for (o, a) in self.allocations.iter().enumerate() {
+            match a {
+                None if !seen.contains(&(o as u32)) => {
+                    problems.push(format!("ordinal {o} is neither free nor allocated"))
+                }
+                Some(i) if *i as usize >= self.attributes.len() => {
+                    problems.push(format!("ordinal {o} points at missing attribute {i}"))
+                }
+                Some(i) => referenced[*i as usize] = true,
+                None => {}
+            }
+        }
+        for (i, r) in referenced.iter().enumerate() {
+            if !r {
+                problems.push(format!("attribute {i} is not used by any allocation"));
+            }
+        }
+        problems
+    }
+
+    fn release_one(
+        &mut self,
+        ordinal: u32,
+        sequence: Option<u64>,
+        handle: Option<&str>,
+        cooldown: Cooldown<'_>,
+    ) -> ReleaseOutcome {
+        let Some(attr) = self.attribute_of(ordinal) else {
+            return ReleaseOutcome::NotAllocated;
+        };
+        if attr.released_at.is_some() {
+            return ReleaseOutcome::NotAllocated;
+        }
+        if let Some(h) = handle {
+            if attr.handle_id.as_deref() != Some(h) {
+                return ReleaseOutcome::HandleMismatch {
+                    owner: attr.handle_id.clone(),
+                };
+            }
+        }
+        let current = self.sequence_number_for_allocation.get(&ordinal).copied();
+        if sequence.is_some() && sequence != current {
+            return ReleaseOutcome::BadSequenceNumber { current };
+        }
+        match cooldown {
+            Cooldown::None => {
+                self.free(ordinal);
+                ReleaseOutcome::Released
+            }
+            Cooldown::Until(at) => {
+                let resting = AllocationAttribute {
+                    released_at: Some(at.to_owned()),
+                    ..attr.clone()
+                };
+                let index = self.attribute_index(&resting);
+                self.allocations[ordinal as usize] = Some(index);
+                ReleaseOutcome::CoolingDown
+            }
+        }
+    }
+
+    fn free(&mut self, ordinal: u32) {
+        self.allocations[ordinal as usize] = None;
+        self.sequence_number_for_allocation.remove(&ordinal);
+        self.unallocated.push_back(ordinal);
+    }
+
+    /// The index of an attribute equal to `attr`, appending one if there is none.
+    fn attribute_index(&mut self, attr: &AllocationAttribute) -> u32 {
+        match self.attributes.iter().position(|a| a == attr) {
+            Some(i) => i as u32,
+            None => {
+                self.attributes.push(attr.clone());
+                self.attributes.len() as u32 - 1
+            }
+        }
+    }
+
+    /// Drops attributes no allocation points at and renumbers the rest, keeping their order.
+    fn compact_attributes(&mut self) {
+        let mut used = vec![false; self.attributes.len()];
+        for i in self.allocations.iter().flatten() {
+            used[*i as usize] = true;
+        }
+        if used.iter().all(|&u| u) {
+            return;
+        }
+        let mut new_index = vec![0u32; used.len()];
+        let mut next = 0;
+        for (i, &u) in used.iter().enumerate() {
+            new_index[i] = next;
+            next += u32::from(u);
+        }
+        let mut i = 0;
+        self.attributes.retain(|_| {
+            i += 1;
+            used[i - 1]
+        });
+        for a in self.allocations.iter_mut().flatten() {
+            *a = new_index[*a as usize];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block() -> IpamBlock {
+        IpamBlock::new(
+            BlockCidr::new("10.0.0.0/29".parse().unwrap()).unwrap(),
+            Some("host:n1".into()),
+            100,
+            None,
+        )
+    }
+
+    fn attr(h: &str) -> AllocationAttribute {
+        AllocationAttribute {
+            handle_id: Some(h.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn assign_pops_the_head_and_records_sequence() {
+        let mut b = block();
+        assert_eq!(b.assign(2, &attr("a"), |_| false), vec![0, 1]);
+        assert_eq!(b.sequence_number, 101);
+        assert_eq!(b.sequence_number_for_allocation.get(&1), Some(&100));
+        assert_eq!(b.attributes.len(), 1, "equal attributes are shared");
+        assert_eq!(b.assign(1, &attr("b"), |o| o == 2), vec![3]);
+        assert_eq!(
+            b.unallocated.front(),
+            Some(&2),
+            "skipped ordinals keep their place"
+        );
+        assert!(b.problems().is_empty());
+    }
+
+    #[test]
+    fn release_pushes_the_tail_fifo() {
+        let mut b = block();
+        b.assign(3, &attr("a"), |_| false);
+        assert_eq!(
+            b.release(1, None, None, Cooldown::None),
+            ReleaseOutcome::Released
+        );
+        assert_eq!(b.unallocated.back(), Some(&1));
+        assert_eq!(
+            b.release(1, None, None, Cooldown::None),
+            ReleaseOutcome::NotAllocated
+        );
+        assert_eq!(b.assign(5, &attr("c"), |_| false), vec![3, 4, 5, 6, 7]);
+        assert_eq!(
+            b.assign(1, &attr("c"), |_| false),
+            vec![1],
+            "the longest-free address is reused last"
+        );
+        assert!(b.problems().is_empty());
+    }
+
+    #[test]
+    fn release_checks_sequence_and_handle() {
+        let mut b = block();
+        b.assign(1, &attr("a"), |_| false);
+        let seq = b.sequence_number_for_allocation[&0];
+        assert_eq!(
+            b.release(0, Some(seq + 7), None, Cooldown::None),
+            ReleaseOutcome::BadSequenceNumber { current: Some(seq) }
+        );
+        assert_eq!(
+            b.release(0, None, Some("x"), Cooldown::None),
+            ReleaseOutcome::HandleMismatch {
+                owner: Some("a".into())
+            }
+        );
+        assert_eq!(b.sequence_number, 101, "a refused release changes nothing");
+        assert_eq!(
+            b.release(0, Some(seq), Some("a"), Cooldown::None),
+            ReleaseOutcome::Released
+        );
+        assert!(b.attributes.is_empty(), "unused attributes are removed");
+    }
+
+    #[test]
+    fn cooldown_holds_the_address_then_frees_in_release_order() {
+        let mut b = block();
+        b.assign(3, &attr("a"), |_| false);
+        b.release(2, None, None, Cooldown::Until("2026-01-01T00:00:00Z"));
+        b.release(0, None, None, Cooldown::Until("2026-01-01T00:00:05Z"));
+        assert!(!b.is_live(2) && b.attribute_of(2).is_some());
+        assert_eq!(b.ordinals_of_handle("a"), vec![1]);
+        let t = |s: &str| OffsetDateTime::parse(s, &Rfc3339).unwrap();
+        assert_eq!(
+            b.fold_cooldown(t("2026-01-01T00:00:09Z"), 10),
+            Vec::<u32>::new()
+        );
+        assert_eq!(b.fold_cooldown(t("2026-01-01T00:00:20Z"), 10), vec![2, 0]);
+        assert_eq!(
+            b.unallocated.iter().rev().take(2).collect::<Vec<_>>(),
+            vec![&0, &2]
+        );
+        assert!(b.problems().is_empty());
+    }
+
+    #[test]
+    fn problems_are_found() {
+        let mut b = block();
+        b.assign(2, &attr("a"), |_| false);
+        b.unallocated.push_back(0);
+        b.unallocated.push_back(3);
+        b.attributes.push(attr("orphan"));
+        let p = b.problems().join("; ");
+        assert!(p.contains("ordinal 0 is both free and allocated"), "{p}");
+        assert!(p.contains("ordinal 3 is free twice"), "{p}");
+        assert!(p.contains("attribute 1 is not used"), "{p}");
+    }
+}

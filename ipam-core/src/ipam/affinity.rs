@@ -1,0 +1,350 @@
+//! Block affinities: the two-phase claim of a block by a node, finding a free block, and
+//! releasing a node's or a pool's claims.
+//!
+//! A claim writes the affinity as `pending`, then creates (or adopts) the block, then marks
+//! the affinity `confirmed`. A pending affinity owns nothing, so a crash at any step leaves
+//! only something a later retry completes or `gc` removes.
+
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+
+use crate::cidr::{BlockCidr, NodeName, affinity_name, blocks_in_pool, fnv1a64, nth_block};
+use crate::clock::rfc3339;
+use crate::error::{Error, Result};
+use crate::model::{AffinityState, BlockAffinity, IpPool, IpamBlock};
+use crate::store::{Datastore, Scope, StoreError, Stored};
+
+use super::{Ipam, Reservations};
+
+/// Blocks probed one read at a time before listing the cluster's blocks once.
+const PROBES_BEFORE_LIST: u128 = 8;
+
+/// What releasing a set of affinities did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReleasedAffinities {
+    /// Blocks whose affinity was released.
+    pub released: Vec<IpNet>,
+    /// Blocks kept because they still hold addresses (with `must_be_empty`).
+    pub not_empty: Vec<IpNet>,
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// Claims every block inside `cidr` for `node`; returns the blocks claimed and those
+    /// another node already owns.
+    pub async fn claim_affinity(
+        &self,
+        cidr: IpNet,
+        node: &NodeName,
+    ) -> Result<(Vec<BlockCidr>, Vec<BlockCidr>)> {
+        let pool = self
+            .pool_for(cidr.network())
+            .await?
+            .ok_or(Error::NotInPool { ip: cidr.network() })?;
+        let size = pool.value.effective_block_size();
+        let span = if cidr.prefix_len() > size {
+            BlockCidr::containing(cidr.network(), size)?.net()
+        } else {
+            cidr.trunc()
+        };
+        let (mut claimed, mut refused) = (Vec::new(), Vec::new());
+        for i in 0..blocks_in_pool(&span, size) {
+            let block = nth_block(&span, size, i)?;
+            match self.claim_block(node, block).await {
+                Ok(_) => claimed.push(block),
+                Err(Error::BlockOwned { .. }) => refused.push(block),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((claimed, refused))
+    }
+
+    /// Releases `node`'s affinity for `block`. The block is deleted when empty; otherwise it
+    /// stays without an owner, or with `must_be_empty` the release is refused.
+    pub async fn release_affinity(
+        &self,
+        block: BlockCidr,
+        node: &NodeName,
+        must_be_empty: bool,
+    ) -> Result<()> {
+        let name = affinity_name(node.as_str(), &block);
+        self.retry("releasing an affinity", async || {
+            let mut aff = match self.store.get::<BlockAffinity>(&name).await {
+                Ok(a) => a,
+                Err(StoreError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            let before = aff.value.state;
+            aff.value.state = AffinityState::PendingDeletion;
+            aff.revision = self
+                .store
+                .update(&name, aff.value.clone(), &aff.revision)
+                .await?;
+            if let Err(e) = self.unown_block(block, node, must_be_empty).await {
+                if matches!(e, Error::BlockNotEmpty { .. }) {
+                    aff.value.state = before;
+                    self.store.update(&name, aff.value, &aff.revision).await?;
+                }
+                return Err(e);
+            }
+            aff.value.deleted = true;
+            let rev = self.store.update(&name, aff.value, &aff.revision).await?;
+            ignore_gone(self.store.delete::<BlockAffinity>(&name, &rev).await)
+        })
+        .await
+    }
+
+    /// Releases every affinity of `node`.
+    pub async fn release_host_affinities(
+        &self,
+        node: &NodeName,
+        must_be_empty: bool,
+    ) -> Result<ReleasedAffinities> {
+        let affinities = self
+            .store
+            .list::<BlockAffinity>(Scope::Node(node.as_str()))
+            .await?;
+        self.release_affinities(
+            affinities.into_iter().map(|a| (a.value.cidr, node.clone())),
+            must_be_empty,
+        )
+        .await
+    }
+
+    /// Releases every affinity for blocks inside `pool`, keeping non-empty blocks unowned.
+    pub async fn release_pool_affinities(&self, pool: IpNet) -> Result<ReleasedAffinities> {
+        let affinities = self.store.list::<BlockAffinity>(Scope::All).await?;
+        let mut pairs = Vec::new();
+        for a in affinities
+            .into_iter()
+            .filter(|a| pool.contains(&a.value.cidr))
+        {
+            pairs.push((a.value.cidr, NodeName::new(a.value.node)?));
+        }
+        self.release_affinities(pairs.into_iter(), false).await
+    }
+
+    /// Forgets a node: releases all its affinities; its non-empty blocks stay, unowned.
+    pub async fn remove_host(&self, node: &NodeName) -> Result<ReleasedAffinities> {
+        self.release_host_affinities(node, false).await
+    }
+
+    async fn release_affinities(
+        &self,
+        pairs: impl Iterator<Item = (IpNet, NodeName)>,
+        must_be_empty: bool,
+    ) -> Result<ReleasedAffinities> {
+        let mut out = ReleasedAffinities::default();
+        for (cidr, node) in pairs {
+            match self
+                .release_affinity(BlockCidr::new(cidr)?, &node, must_be_empty)
+                .await
+            {
+                Ok(()) => out.released.push(cidr),
+                Err(Error::BlockNotEmpty { block }) => out.not_empty.push(block),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Claims `block` for `node` in two phases; adopts an existing block only if it is
+    /// already the node's, or empty and unowned.
+    pub(crate) async fn claim_block(
+        &self,
+        node: &NodeName,
+        block: BlockCidr,
+    ) -> Result<Stored<IpamBlock>> {
+        let aff_name = affinity_name(node.as_str(), &block);
+        self.retry("claiming a block", async || {
+            let pending = BlockAffinity {
+                cidr: block.net(),
+                node: node.to_string(),
+                state: AffinityState::Pending,
+                affinity_type: Some("host".into()),
+                deleted: false,
+            };
+            let aff = match self.store.create(&aff_name, pending.clone()).await {
+                Ok(revision) => Stored {
+                    name: aff_name.clone(),
+                    revision,
+                    value: pending,
+                },
+                Err(StoreError::AlreadyExists { .. }) => {
+                    self.store.get(&aff_name).await.map_err(gone_is_conflict)?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let created = match self.create_or_adopt_block(node, block).await {
+                Ok(b) => b,
+                Err(e) => {
+                    if aff.value.state == AffinityState::Pending {
+                        let _ = self
+                            .store
+                            .delete::<BlockAffinity>(&aff_name, &aff.revision)
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
+            if aff.value.state != AffinityState::Confirmed {
+                let mut confirmed = aff.value;
+                confirmed.state = AffinityState::Confirmed;
+                self.store
+                    .update(&aff_name, confirmed, &aff.revision)
+                    .await?;
+            }
+            Ok(created)
+        })
+        .await
+    }
+
+    async fn create_or_adopt_block(
+        &self,
+        node: &NodeName,
+        block: BlockCidr,
+    ) -> Result<Stored<IpamBlock>> {
+        let now = self.now();
+        let seq = u64::try_from(now.unix_timestamp_nanos()).unwrap_or(0);
+        let fresh = IpamBlock::new(block, Some(node.host_affinity()), seq, Some(rfc3339(now)));
+        let name = block.name();
+        match self.store.create(&name, fresh.clone()).await {
+            Ok(revision) => {
+                return Ok(Stored {
+                    name,
+                    revision,
+                    value: fresh,
+                });
+            }
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut existing = self
+            .store
+            .get::<IpamBlock>(&name)
+            .await
+            .map_err(gone_is_conflict)?;
+        if existing.value.host() == Some(node.as_str()) {
+            return Ok(existing);
+        }
+        if existing.value.affinity.is_some() || !existing.value.is_empty() {
+            let owner = existing
+                .value
+                .affinity
+                .clone()
+                .unwrap_or_else(|| "(in use, unowned)".into());
+            return Err(Error::BlockOwned {
+                block: block.net(),
+                owner,
+            });
+        }
+        existing.value.affinity = Some(node.host_affinity());
+        existing.value.affinity_claim_time = Some(rfc3339(now));
+        existing.value.sequence_number += 1;
+        existing.revision = self
+            .store
+            .update(&name, existing.value.clone(), &existing.revision)
+            .await?;
+        Ok(existing)
+    }
+
+    /// Takes the node's affinity off a block it owns: deletes it when empty.
+    async fn unown_block(
+        &self,
+        block: BlockCidr,
+        node: &NodeName,
+        must_be_empty: bool,
+    ) -> Result<()> {
+        self.retry("releasing a block", async || {
+            let mut b = match self.store.get::<IpamBlock>(&block.name()).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            };
+            if b.value.host() != Some(node.as_str()) {
+                return Ok(());
+            }
+            if b.value.is_empty() {
+                return self.delete_block(b).await;
+            }
+            if must_be_empty {
+                return Err(Error::BlockNotEmpty { block: block.net() });
+            }
+            b.value.affinity = None;
+            b.value.affinity_claim_time = None;
+            b.value.sequence_number += 1;
+            self.store.update(&b.name, b.value, &b.revision).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Soft-deletes then deletes a block read at `b.revision`.
+    pub(crate) async fn delete_block(&self, mut b: Stored<IpamBlock>) -> Result<()> {
+        b.value.deleted = true;
+        b.value.sequence_number += 1;
+        let rev = self.store.update(&b.name, b.value, &b.revision).await?;
+        ignore_gone(self.store.delete::<IpamBlock>(&b.name, &rev).await)
+    }
+
+    /// Claims a free block of one of `pools` for `node`, walking each pool's blocks in a
+    /// per-node pseudo-random order so that nodes claiming at once pick different blocks.
+    pub(crate) async fn claim_free_block(
+        &self,
+        node: &NodeName,
+        pools: &[&Stored<IpPool>],
+        reservations: &Reservations,
+    ) -> Result<Option<Stored<IpamBlock>>> {
+        let seed = fnv1a64(node.as_str().as_bytes());
+        let mut used: Option<HashSet<IpNet>> = None;
+        for pool in pools {
+            let size = pool.value.effective_block_size();
+            let n = blocks_in_pool(&pool.value.cidr, size);
+            let start = u128::from(seed) % n;
+            let stride = (u128::from(seed >> 17) | 1) % n.max(2);
+            let mut k = 0u128;
+            while k < n.min(
+                used.as_ref()
+                    .map_or(u128::MAX, |u| u.len() as u128 + 65_536),
+            ) {
+                if k == PROBES_BEFORE_LIST && used.is_none() {
+                    // The pool is filling up: one list of all blocks replaces a read per probe.
+                    let all = self.store.list::<IpamBlock>(Scope::All).await?;
+                    let taken = all
+                        .iter()
+                        .filter(|b| b.value.affinity.is_some() || !b.value.is_empty());
+                    used = Some(taken.map(|b| b.value.cidr).collect());
+                }
+                let block = nth_block(&pool.value.cidr, size, (start + k * stride) % n)?;
+                k += 1;
+                if reservations.covers_all(&block.net())
+                    || used.as_ref().is_some_and(|u| u.contains(&block.net()))
+                {
+                    continue;
+                }
+                match self.claim_block(node, block).await {
+                    Ok(b) => return Ok(Some(b)),
+                    Err(Error::BlockOwned { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An object that vanished between a failed create and the read after it: try again.
+fn gone_is_conflict(e: StoreError) -> Error {
+    match e {
+        StoreError::NotFound { kind, name } => StoreError::Conflict { kind, name }.into(),
+        e => e.into(),
+    }
+}
+
+/// A delete that found the object gone or replaced: someone else finished or superseded it.
+fn ignore_gone(r: Result<(), StoreError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}

@@ -1,0 +1,470 @@
+//! Assignment: `auto_assign` (addresses from the node's blocks, new blocks, or borrowed)
+//! and `assign_ip` (one named address).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::cidr::{BlockCidr, HandleId, NodeName, fnv1a64};
+use crate::error::{Error, Result};
+use crate::model::{
+    AffinityState, AllocationAttribute, IntendedUse, IpPool, IpamBlock, IpamConfig, IpamHandle,
+};
+use crate::selector::Selector;
+use crate::store::{Datastore, NodeSnapshot, Scope, StoreError, Stored};
+
+use super::{Family, Ipam, Labels, Reservations};
+
+/// What `auto_assign` is asked for.
+#[derive(Clone, Debug)]
+pub struct AutoAssignArgs {
+    /// IPv4 addresses wanted.
+    pub num4: u32,
+    /// IPv6 addresses wanted.
+    pub num6: u32,
+    /// The owner; addresses without a handle can only be released by address.
+    pub handle: Option<HandleId>,
+    /// Secondary attributes stored with the allocation (node, namespace, pod, ...).
+    pub attrs: BTreeMap<String, String>,
+    /// The node the addresses are for.
+    pub node: NodeName,
+    /// The node's labels, for pool node selectors.
+    pub node_labels: Labels,
+    /// IPv4 pools to use, by name or CIDR; empty means every suitable pool.
+    pub pools4: Vec<String>,
+    /// IPv6 pools to use, by name or CIDR; empty means every suitable pool.
+    pub pools6: Vec<String>,
+    /// Overrides the config's block limit for this request.
+    pub max_blocks_per_host: Option<u32>,
+    /// What the addresses are for.
+    pub intended_use: IntendedUse,
+}
+
+/// Addresses handed out, with their block's prefix length (`10.244.3.17/26`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Assigned {
+    /// IPv4 addresses.
+    pub ipv4: Vec<IpNet>,
+    /// IPv6 addresses.
+    pub ipv6: Vec<IpNet>,
+}
+
+/// State shared by the steps of one `auto_assign` call.
+struct Request<'a> {
+    args: &'a AutoAssignArgs,
+    config: IpamConfig,
+    reservations: Reservations,
+    attr: AllocationAttribute,
+    handle: Option<Stored<IpamHandle>>,
+}
+
+impl AutoAssignArgs {
+    /// A request for `num4` IPv4 and `num6` IPv6 workload addresses on `node`.
+    pub fn new(node: NodeName, num4: u32, num6: u32) -> Self {
+        AutoAssignArgs {
+            num4,
+            num6,
+            handle: None,
+            attrs: BTreeMap::new(),
+            node,
+            node_labels: Labels::new(),
+            pools4: Vec::new(),
+            pools6: Vec::new(),
+            max_blocks_per_host: None,
+            intended_use: IntendedUse::Workload,
+        }
+    }
+
+    /// Sets the owner.
+    pub fn with_handle(mut self, handle: HandleId) -> Self {
+        self.handle = Some(handle);
+        self
+    }
+}
+
+impl Assigned {
+    /// All addresses, IPv4 first.
+    pub fn all(&self) -> impl Iterator<Item = &IpNet> {
+        self.ipv4.iter().chain(&self.ipv6)
+    }
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// Assigns addresses to a node: from its own blocks first, then from a newly claimed
+    /// block, then (without strict affinity) borrowed from other nodes' blocks.
+    ///
+    /// All or nothing: when not every address can be had, those already taken are released
+    /// and the error says how many could be found.
+    pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<Assigned> {
+        let snapshot = self.store.node_snapshot(args.node.as_str()).await?;
+        let mut req = Request {
+            args,
+            config: snapshot
+                .config
+                .as_ref()
+                .map(|c| c.value.clone())
+                .unwrap_or_default(),
+            reservations: Reservations::parse(&snapshot.reservations),
+            attr: AllocationAttribute {
+                handle_id: args.handle.as_ref().map(|h| h.to_string()),
+                secondary: args.attrs.clone(),
+                released_at: None,
+            },
+            handle: None,
+        };
+        let mut out = Assigned::default();
+        for (family, num, requested) in [
+            (Family::V4, args.num4, &args.pools4),
+            (Family::V6, args.num6, &args.pools6),
+        ] {
+            if num == 0 {
+                continue;
+            }
+            let got = self
+                .assign_family(&snapshot, &mut req, family, num, requested, &mut out)
+                .await;
+            if let Err(e) = got {
+                self.undo(&out).await;
+                return Err(e);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Assigns one named address to `handle` on `node`, claiming its block for the node if
+    /// nobody owns it yet.
+    pub async fn assign_ip(
+        &self,
+        ip: IpAddr,
+        handle: Option<&HandleId>,
+        attrs: BTreeMap<String, String>,
+        node: &NodeName,
+    ) -> Result<IpNet> {
+        let pool = self.pool_for(ip).await?.ok_or(Error::NotInPool { ip })?;
+        if let Some(name) = self.reservations().await?.covering(ip) {
+            return Err(Error::Reserved {
+                ip,
+                reservation: name.to_owned(),
+            });
+        }
+        let cidr = BlockCidr::containing(ip, pool.value.effective_block_size())?;
+        let config = self.get_config().await?;
+        let attr = AllocationAttribute {
+            handle_id: handle.map(|h| h.to_string()),
+            secondary: attrs,
+            released_at: None,
+        };
+        let ordinal = cidr.ordinal_of(ip).unwrap_or(0);
+        let mut known = None;
+        self.retry("assigning an address", async || {
+            let mut block = match self.store.get::<IpamBlock>(&cidr.name()).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => self.claim_block(node, cidr).await?,
+                Err(e) => return Err(e.into()),
+            };
+            if let Some(owner) = block.value.host().filter(|h| *h != node.as_str()) {
+                if config.strict_affinity {
+                    return Err(Error::StrictAffinity {
+                        ip,
+                        block: cidr.net(),
+                        owner: owner.to_owned(),
+                    });
+                }
+            }
+            block
+                .value
+                .fold_cooldown(self.now(), config.ip_cooldown_seconds);
+            if !block.value.assign_ordinal(ordinal, &attr) {
+                let handle = block
+                    .value
+                    .attribute_of(ordinal)
+                    .and_then(|a| a.handle_id.clone());
+                return Err(Error::AlreadyAssigned { ip, handle });
+            }
+            self.write_assignment(block, &attr, 1, &mut known).await
+        })
+        .await?;
+        Ok(cidr.addr_net(ordinal))
+    }
+
+    async fn assign_family(
+        &self,
+        snapshot: &NodeSnapshot,
+        req: &mut Request<'_>,
+        family: Family,
+        num: u32,
+        requested: &[String],
+        out: &mut Assigned,
+    ) -> Result<()> {
+        let node = &req.args.node;
+        let pools = candidate_pools(&snapshot.pools, family, requested, req.args)?;
+        let in_pools = |c: &IpNet| pools.iter().any(|p| p.value.cidr.contains(c));
+        let mut got: Vec<IpNet> = Vec::new();
+        // The node's confirmed blocks, in CIDR order; pending ones are claims to finish.
+        let mut owned = 0u32;
+        let mut mine: Vec<&Stored<IpamBlock>> = snapshot.blocks.iter().collect();
+        mine.sort_by_key(|b| {
+            (
+                crate::cidr::ip_to_u128(b.value.cidr.network()),
+                b.value.cidr.prefix_len(),
+            )
+        });
+        for block in mine {
+            if Family::of(&block.value.cidr) != family {
+                continue;
+            }
+            let Some(state) = affinity_state(snapshot, node, &block.value.cidr) else {
+                continue;
+            };
+            owned += 1;
+            if got.len() as u32 == num || !in_pools(&block.value.cidr) {
+                continue;
+            }
+            if state == AffinityState::Pending {
+                let Ok(cidr) = block.value.block_cidr() else {
+                    continue;
+                };
+                if self.claim_block(node, cidr).await.is_err() {
+                    continue;
+                }
+            }
+            got.extend(
+                self.assign_from_block(block.clone(), req, num - got.len() as u32, Some(node))
+                    .await?,
+            );
+        }
+        let limit = req
+            .args
+            .max_blocks_per_host
+            .unwrap_or_else(|| req.config.effective_max_blocks());
+        let mut hit_limit = false;
+        while (got.len() as u32) < num && req.config.auto_allocate_blocks {
+            if owned >= limit {
+                hit_limit = true;
+                break;
+            }
+            let Some(block) = self
+                .claim_free_block(node, &pools, &req.reservations)
+                .await?
+            else {
+                break;
+            };
+            owned += 1;
+            got.extend(
+                self.assign_from_block(block, req, num - got.len() as u32, Some(node))
+                    .await?,
+            );
+        }
+        if (got.len() as u32) < num && !req.config.strict_affinity {
+            got.extend(
+                self.borrow(req, family, num - got.len() as u32, &in_pools)
+                    .await?,
+            );
+        }
+        let available = got.len() as u32;
+        match family {
+            Family::V4 => out.ipv4.extend(got),
+            Family::V6 => out.ipv6.extend(got),
+        }
+        if available == num {
+            Ok(())
+        } else if hit_limit && req.config.strict_affinity {
+            Err(Error::BlockLimit {
+                node: node.to_string(),
+                limit,
+            })
+        } else {
+            Err(Error::PoolExhausted {
+                family: family.name(),
+                requested: num,
+                available,
+            })
+        }
+    }
+
+    /// Takes up to `n` addresses from a block, re-reading it on conflict. With `owner`, the
+    /// block is used only while it is still that node's.
+    async fn assign_from_block(
+        &self,
+        first: Stored<IpamBlock>,
+        req: &mut Request<'_>,
+        n: u32,
+        owner: Option<&NodeName>,
+    ) -> Result<Vec<IpNet>> {
+        let name = first.name.clone();
+        let mut current = Some(first);
+        self.retry("assigning from a block", async || {
+            let mut block = match current.take() {
+                Some(b) => b,
+                None => match self.store.get::<IpamBlock>(&name).await {
+                    Ok(b) => b,
+                    Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            if owner.is_some_and(|o| block.value.host() != Some(o.as_str())) {
+                return Ok(Vec::new());
+            }
+            let cidr = block.value.block_cidr()?;
+            block
+                .value
+                .fold_cooldown(self.now(), req.config.ip_cooldown_seconds);
+            let reservations = &req.reservations;
+            let skip =
+                |o: u32| !reservations.is_empty() && reservations.covering(cidr.addr(o)).is_some();
+            let ordinals = block.value.assign(n, &req.attr, skip);
+            if ordinals.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.write_assignment(block, &req.attr, ordinals.len() as u32, &mut req.handle)
+                .await?;
+            Ok(ordinals.iter().map(|&o| cidr.addr_net(o)).collect())
+        })
+        .await
+    }
+
+    /// Writes an assigned block: the handle first, then the block; the handle is put back
+    /// if the block write fails.
+    async fn write_assignment(
+        &self,
+        block: Stored<IpamBlock>,
+        attr: &AllocationAttribute,
+        n: u32,
+        known: &mut Option<Stored<IpamHandle>>,
+    ) -> Result<()> {
+        let cidr = block.value.cidr.to_string();
+        if let Some(h) = &attr.handle_id {
+            self.increment_handle(h, &cidr, n, known).await?;
+        }
+        let written = self
+            .store
+            .update(&block.name, block.value, &block.revision)
+            .await;
+        if let Err(e) = written {
+            if let Some(h) = &attr.handle_id {
+                *known = None;
+                self.decrement_handle(h, &cidr, n).await?;
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// Borrows addresses from blocks of other nodes (or of none), in a per-node order.
+    async fn borrow(
+        &self,
+        req: &mut Request<'_>,
+        family: Family,
+        n: u32,
+        in_pools: &dyn Fn(&IpNet) -> bool,
+    ) -> Result<Vec<IpNet>> {
+        let mut blocks: Vec<Stored<IpamBlock>> = self
+            .store
+            .list::<IpamBlock>(Scope::All)
+            .await?
+            .into_iter()
+            .filter(|b| {
+                Family::of(&b.value.cidr) == family
+                    && in_pools(&b.value.cidr)
+                    && !b.value.unallocated.is_empty()
+            })
+            .collect();
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let start = (fnv1a64(req.args.node.as_str().as_bytes()) % blocks.len() as u64) as usize;
+        blocks.rotate_left(start);
+        let mut got = Vec::new();
+        for block in blocks {
+            if got.len() as u32 == n {
+                break;
+            }
+            got.extend(
+                self.assign_from_block(block, req, n - got.len() as u32, None)
+                    .await?,
+            );
+        }
+        Ok(got)
+    }
+
+    /// Releases what a failed `auto_assign` had taken. Best effort: the caller is already
+    /// returning the first error, and a failure here leaves addresses `check` reports.
+    async fn undo(&self, out: &Assigned) {
+        let requests: Vec<_> = out
+            .all()
+            .map(|n| super::ReleaseRequest::new(n.addr()))
+            .collect();
+        let _ = self.release_ips(&requests).await;
+    }
+}
+
+/// The state of `node`'s affinity for `cidr`, when the block names the node.
+fn affinity_state(snapshot: &NodeSnapshot, node: &NodeName, cidr: &IpNet) -> Option<AffinityState> {
+    snapshot
+        .affinities
+        .iter()
+        .find(|a| a.value.cidr == *cidr && a.value.node == node.as_str())
+        .map(|a| a.value.state)
+        .filter(|s| *s != AffinityState::PendingDeletion)
+}
+
+/// The pools a request may use, in stored order.
+pub(crate) fn candidate_pools<'p>(
+    pools: &'p [Stored<IpPool>],
+    family: Family,
+    requested: &[String],
+    args: &AutoAssignArgs,
+) -> Result<Vec<&'p Stored<IpPool>>> {
+    for r in requested {
+        if !pools.iter().any(|p| names_pool(r, p)) {
+            return Err(Error::PoolNotFound { name: r.clone() });
+        }
+    }
+    let mut refused = Vec::new();
+    let mut out = Vec::new();
+    for p in pools.iter().filter(|p| Family::of(&p.value.cidr) == family) {
+        let named = requested.iter().any(|r| names_pool(r, p));
+        if !requested.is_empty() && !named {
+            continue;
+        }
+        let why = if p.value.disabled {
+            Some("disabled")
+        } else if p.value.is_manual() && !named {
+            Some("manual")
+        } else if !p.value.allows(args.intended_use) {
+            Some("use not allowed")
+        } else if !Selector::parse(&p.value.node_selector)
+            .is_ok_and(|s| s.matches(&args.node_labels))
+        {
+            Some("node selector does not match")
+        } else {
+            None
+        };
+        match why {
+            None => out.push(p),
+            Some(why) if named => refused.push(format!("{} ({why})", p.name)),
+            Some(_) => {}
+        }
+    }
+    if out.is_empty() {
+        let detail = if refused.is_empty() {
+            String::new()
+        } else {
+            format!(": refused {}", refused.join(", "))
+        };
+        return Err(Error::NoCandidatePools {
+            family: family.name(),
+            node: args.node.to_string(),
+            detail,
+        });
+    }
+    Ok(out)
+}
+
+fn names_pool(requested: &str, pool: &Stored<IpPool>) -> bool {
+    pool.name == requested
+        || requested
+            .parse::<IpNet>()
+            .is_ok_and(|c| c == pool.value.cidr)
+}

@@ -1,0 +1,98 @@
+//! The `IPAMHandle` index: counts of addresses per block for each owner.
+//!
+//! The handle is written before the block on assignment, so that a crash between the two
+//! leaves a count too high (found by `check`) and never an address no handle can release.
+
+use crate::error::Result;
+use crate::model::IpamHandle;
+use crate::store::{Datastore, StoreError, Stored};
+
+use super::Ipam;
+
+impl<D: Datastore> Ipam<D> {
+    /// Adds `n` addresses in `block` to `handle`. `known` carries what this operation last
+    /// wrote, so that a second increment in the same call costs one write, not three.
+    pub(crate) async fn increment_handle(
+        &self,
+        handle: &str,
+        block: &str,
+        n: u32,
+        known: &mut Option<Stored<IpamHandle>>,
+    ) -> Result<()> {
+        self.retry("updating a handle", async || {
+            let (mut value, revision) = match known.take() {
+                Some(s) => (s.value, Some(s.revision)),
+                None => (IpamHandle::new(handle), None),
+            };
+            *value.block.entry(block.to_owned()).or_default() += n;
+            let written = match &revision {
+                Some(rev) => self.store.update(handle, value.clone(), rev).await,
+                None => self.store.create(handle, value.clone()).await,
+            };
+            match written {
+                Ok(rev) => {
+                    *known = Some(Stored {
+                        name: handle.to_owned(),
+                        revision: rev,
+                        value,
+                    });
+                    Ok(())
+                }
+                Err(
+                    StoreError::AlreadyExists { .. }
+                    | StoreError::Conflict { .. }
+                    | StoreError::NotFound { .. },
+                ) => {
+                    *known = self.handle_if_present(handle).await?;
+                    Err(StoreError::conflict::<IpamHandle>(handle).into())
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await
+    }
+
+    /// Removes `n` addresses in `block` from `handle`, deleting the handle when it holds
+    /// nothing. A missing handle is not an error: there is nothing left to count.
+    pub(crate) async fn decrement_handle(&self, handle: &str, block: &str, n: u32) -> Result<()> {
+        self.retry("updating a handle", async || {
+            let Some(mut s) = self.handle_if_present(handle).await? else {
+                return Ok(());
+            };
+            let count = s.value.block.entry(block.to_owned()).or_default();
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                s.value.block.remove(block);
+            }
+            if s.value.block.is_empty() {
+                self.delete_handle(s).await
+            } else {
+                self.store.update(handle, s.value, &s.revision).await?;
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Soft-deletes then deletes a handle read at `s.revision`.
+    pub(crate) async fn delete_handle(&self, mut s: Stored<IpamHandle>) -> Result<()> {
+        s.value.deleted = true;
+        let rev = self.store.update(&s.name, s.value, &s.revision).await?;
+        match self.store.delete::<IpamHandle>(&s.name, &rev).await {
+            // Someone replaced the soft-deleted handle (a new assignment): theirs stands.
+            Ok(()) | Err(StoreError::NotFound { .. } | StoreError::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(crate) async fn handle_if_present(
+        &self,
+        handle: &str,
+    ) -> Result<Option<Stored<IpamHandle>>> {
+        match self.store.get::<IpamHandle>(handle).await {
+            Ok(s) => Ok(Some(s)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Release: by address (with sequence numbers and owners), by handle, and cooldown expiry;
+//! and the read side of the same index (`ips_by_handle`, `get_assignment_attributes`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::block::{Cooldown, ReleaseOutcome};
+use crate::cidr::{BlockCidr, HandleId};
+use crate::clock::rfc3339;
+use crate::error::{Error, Result};
+use crate::model::{IpPool, IpamBlock};
+use crate::store::{Datastore, Scope, StoreError, Stored};
+
+use super::Ipam;
+
+/// One address to release, optionally guarded by its sequence number and owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReleaseRequest {
+    /// The address.
+    pub ip: IpAddr,
+    /// Release only if the allocation still carries this sequence number.
+    pub sequence: Option<u64>,
+    /// Release only if the allocation still belongs to this handle.
+    pub handle: Option<String>,
+}
+
+/// Who holds an address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allocation {
+    /// The address with its block's prefix.
+    pub ip: IpNet,
+    /// The owner's handle.
+    pub handle: Option<String>,
+    /// Secondary attributes (node, namespace, pod, ...).
+    pub attrs: BTreeMap<String, String>,
+    /// The allocation's sequence number, for a guarded release.
+    pub sequence: Option<u64>,
+    /// When it was released, if it is cooling down.
+    pub released_at: Option<String>,
+    /// The block's affinity.
+    pub affinity: Option<String>,
+}
+
+impl ReleaseRequest {
+    /// An unguarded release of `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        ReleaseRequest {
+            ip,
+            sequence: None,
+            handle: None,
+        }
+    }
+}
+
+impl<D: Datastore> Ipam<D> {
+    /// Releases addresses. Idempotent: an address that is not allocated is reported as such,
+    /// as are addresses whose sequence number or owner no longer match (left alone).
+    pub async fn release_ips(
+        &self,
+        requests: &[ReleaseRequest],
+    ) -> Result<Vec<(IpAddr, ReleaseOutcome)>> {
+        let config = self.get_config().await?;
+        let pools = self.store.list::<IpPool>(Scope::All).await?;
+        let mut by_block: BTreeMap<BlockCidr, Vec<&ReleaseRequest>> = BTreeMap::new();
+        let mut out = Vec::new();
+        let mut all_blocks = None;
+        for r in requests {
+            match self.locate(r.ip, &pools, &mut all_blocks).await? {
+                Some(cidr) => by_block.entry(cidr).or_default().push(r),
+                None => out.push((r.ip, ReleaseOutcome::NotAllocated)),
+            }
+        }
+        for (cidr, reqs) in by_block {
+            out.extend(
+                self.release_in_block(cidr, &reqs, config.ip_cooldown_seconds)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Releases every address of `handle` and deletes the handle.
+    pub async fn release_by_handle(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
+        let cooldown = self.get_config().await?.ip_cooldown_seconds;
+        let mut released = Vec::new();
+        let mut first = true;
+        self.retry("releasing a handle", async || {
+            let Some(h) = self.handle_if_present(handle.as_str()).await? else {
+                return if std::mem::take(&mut first) {
+                    Err(Error::HandleNotFound {
+                        handle: handle.to_string(),
+                    })
+                } else {
+                    Ok(())
+                };
+            };
+            first = false;
+            for cidr in h.value.block.keys() {
+                released.extend(
+                    self.release_handle_in_block(cidr, handle.as_str(), cooldown)
+                        .await?,
+                );
+            }
+            self.delete_handle(h).await
+        })
+        .await?;
+        Ok(released)
+    }
+
+    /// The addresses `handle` holds (cooling-down ones excluded).
+    pub async fn ips_by_handle(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
+        let h = self
+            .handle_if_present(handle.as_str())
+            .await?
+            .ok_or_else(|| Error::HandleNotFound {
+                handle: handle.to_string(),
+            })?;
+        let mut out = Vec::new();
+        for cidr in h.value.block.keys() {
+            let Some(b) = self.block_by_cidr(cidr).await? else {
+                continue;
+            };
+            let bc = b.value.block_cidr()?;
+            out.extend(
+                b.value
+                    .ordinals_of_handle(handle.as_str())
+                    .into_iter()
+                    .map(|o| bc.addr_net(o)),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Who holds `ip`, or `None` when it is free.
+    pub async fn get_assignment_attributes(&self, ip: IpAddr) -> Result<Option<Allocation>> {
+        let pools = self.store.list::<IpPool>(Scope::All).await?;
+        let Some(cidr) = self.locate(ip, &pools, &mut None).await? else {
+            return Ok(None);
+        };
+        let Some(b) = self.block_by_cidr(&cidr.to_string()).await? else {
+            return Ok(None);
+        };
+        let ordinal = cidr.ordinal_of(ip).unwrap_or(0);
+        Ok(b.value.attribute_of(ordinal).map(|a| Allocation {
+            ip: cidr.addr_net(ordinal),
+            handle: a.handle_id.clone(),
+            attrs: a.secondary.clone(),
+            sequence: b
+                .value
+                .sequence_number_for_allocation
+                .get(&ordinal)
+                .copied(),
+            released_at: a.released_at.clone(),
+            affinity: b.value.affinity.clone(),
+        }))
+    }
+
+    /// Returns the addresses of one block whose cooldown has passed to the free queue.
+    pub async fn release_cooled_down(&self, block: BlockCidr) -> Result<Vec<IpAddr>> {
+        let cooldown = self.get_config().await?.ip_cooldown_seconds;
+        self.retry("expiring cooldowns", async || {
+            let Some(mut b) = self.block_by_cidr(&block.to_string()).await? else {
+                return Ok(Vec::new());
+            };
+            let freed = b.value.fold_cooldown(self.now(), cooldown);
+            if !freed.is_empty() {
+                self.store.update(&b.name, b.value, &b.revision).await?;
+            }
+            Ok(freed.into_iter().map(|o| block.addr(o)).collect())
+        })
+        .await
+    }
+
+    async fn release_in_block(
+        &self,
+        cidr: BlockCidr,
+        reqs: &[&ReleaseRequest],
+        cooldown: u32,
+    ) -> Result<Vec<(IpAddr, ReleaseOutcome)>> {
+        let (outcomes, freed) = self
+            .retry("releasing addresses", async || {
+                let Some(mut b) = self.block_by_cidr(&cidr.to_string()).await? else {
+                    return Ok((
+                        reqs.iter()
+                            .map(|r| (r.ip, ReleaseOutcome::NotAllocated))
+                            .collect(),
+                        HashMap::new(),
+                    ));
+                };
+                let now = self.now();
+                let stamp = rfc3339(now);
+                let how = if cooldown > 0 {
+                    Cooldown::Until(&stamp)
+                } else {
+                    Cooldown::None
+                };
+                let mut changed = !b.value.fold_cooldown(now, cooldown).is_empty();
+                let mut freed: HashMap<String, u32> = HashMap::new();
+                let mut outcomes = Vec::new();
+                for r in reqs {
+                    let ordinal = cidr.ordinal_of(r.ip).unwrap_or(0);
+                    let owner = b
+                        .value
+                        .attribute_of(ordinal)
+                        .and_then(|a| a.handle_id.clone());
+                    let outcome = b
+                        .value
+                        .release(ordinal, r.sequence, r.handle.as_deref(), how);
+                    if matches!(
+                        outcome,
+                        ReleaseOutcome::Released | ReleaseOutcome::CoolingDown
+                    ) {
+                        changed = true;
+                        if let Some(h) = owner {
+                            *freed.entry(h).or_default() += 1;
+                        }
+                    }
+                    outcomes.push((r.ip, outcome));
+                }
+                if changed {
+                    self.write_released(b).await?;
+                }
+                Ok((outcomes, freed))
+            })
+            .await?;
+        for (h, n) in freed {
+            self.decrement_handle(&h, &cidr.to_string(), n).await?;
+        }
+        Ok(outcomes)
+    }
+
+    async fn release_handle_in_block(
+        &self,
+        cidr: &str,
+        handle: &str,
+        cooldown: u32,
+    ) -> Result<Vec<IpNet>> {
+        self.retry("releasing a handle's addresses", async || {
+            let Some(mut b) = self.block_by_cidr(cidr).await? else {
+                return Ok(Vec::new());
+            };
+            let bc = b.value.block_cidr()?;
+            let now = self.now();
+            let stamp = rfc3339(now);
+            let how = if cooldown > 0 {
+                Cooldown::Until(&stamp)
+            } else {
+                Cooldown::None
+            };
+            b.value.fold_cooldown(now, cooldown);
+            let ordinals = b.value.release_handle(handle, how);
+            if ordinals.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.write_released(b).await?;
+            Ok(ordinals.into_iter().map(|o| bc.addr_net(o)).collect())
+        })
+        .await
+    }
+
+    /// Writes a block after a release; an empty block that no node owns is deleted.
+    async fn write_released(&self, b: Stored<IpamBlock>) -> Result<()> {
+        if b.value.is_empty() && b.value.affinity.is_none() {
+            self.delete_block(b).await
+        } else {
+            self.store.update(&b.name, b.value, &b.revision).await?;
+            Ok(())
+        }
+    }
+
+    pub(crate) async fn block_by_cidr(&self, cidr: &str) -> Result<Option<Stored<IpamBlock>>> {
+        let net: IpNet = cidr.parse().map_err(|_| Error::InvalidCidr {
+            cidr: cidr.to_owned(),
+            reason: "not a CIDR",
+        })?;
+        match self
+            .store
+            .get::<IpamBlock>(&BlockCidr::new(net)?.name())
+            .await
+        {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The block that holds (or would hold) `ip`: from its pool's block size, or, for an
+    /// address outside every pool, from the blocks that exist (listed once per call).
+    async fn locate(
+        &self,
+        ip: IpAddr,
+        pools: &[Stored<IpPool>],
+        all_blocks: &mut Option<Vec<IpNet>>,
+    ) -> Result<Option<BlockCidr>> {
+        if let Some(p) = pools.iter().find(|p| p.value.cidr.contains(&ip)) {
+            return Ok(Some(BlockCidr::containing(
+                ip,
+                p.value.effective_block_size(),
+            )?));
+        }
+        if all_blocks.is_none() {
+            let blocks = self.store.list::<IpamBlock>(Scope::All).await?;
+            *all_blocks = Some(blocks.into_iter().map(|b| b.value.cidr).collect());
+        }
+        let found = all_blocks.iter().flatten().find(|c| c.contains(&ip));
+        found.map(|c| BlockCidr::new(*c)).transpose()
+    }
+}

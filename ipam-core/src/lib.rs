@@ -1,0 +1,52 @@
+//! Calico-compatible block IPAM: the data model, the allocation rules and the datastore
+//! contract, with no IO of its own.
+//!
+//! `ipam-core` decides; datastores store and front ends parse and print. Time comes in
+//! through a [`Clock`], storage through a [`Datastore`], and nothing here reads the
+//! environment, the network or files. Objects are wire-compatible with Calico's
+//! `crd.projectcalico.org/v1` resources (see [`model`]).
+//!
+//! ```
+//! # pollster::block_on(async {
+//! use ipam_core::{AutoAssignArgs, HandleId, Ipam, IpPool, MemoryStore, NodeName};
+//! let ipam = Ipam::new(MemoryStore::new());
+//! ipam.create_pool("default-ipv4-ippool", IpPool::new("10.244.0.0/16".parse().unwrap())).await.unwrap();
+//! let args = AutoAssignArgs::new(NodeName::new("node-1").unwrap(), 1, 0)
+//!     .with_handle(HandleId::new("k8s-pod-network.abc").unwrap());
+//! let got = ipam.auto_assign(&args).await.unwrap();
+//! assert_eq!(got.ipv4[0].prefix_len(), 26); // the block's prefix, as calico-ipam returns
+//! // Asking for more than a pool can ever hold is refused, and nothing is kept.
+//! let greedy = AutoAssignArgs::new(NodeName::new("node-2").unwrap(), 70_000, 0);
+//! assert!(ipam.auto_assign(&greedy).await.is_err());
+//! # });
+//! ```
+
+pub mod block;
+pub mod cidr;
+pub mod clock;
+pub mod error;
+mod ipam;
+pub mod memory;
+pub mod model;
+pub mod selector;
+pub mod store;
+pub mod testing;
+
+pub use block::{Cooldown, ReleaseOutcome};
+pub use cidr::{BlockCidr, HandleId, NodeName};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use ipam::admin::{validate_config, validate_pool};
+pub use ipam::{
+    Allocation, Assigned, AutoAssignArgs, BlockUsage, Family, Ipam, Labels, MAX_ATTEMPTS,
+    PoolUsage, ReleaseRequest, ReleasedAffinities, Usage,
+};
+pub use memory::MemoryStore;
+pub use model::{
+    AffinityState, AllocationAttribute, AssignmentMode, BlockAffinity, IntendedUse, IpPool,
+    IpReservation, IpamBlock, IpamConfig, IpamHandle,
+};
+pub use selector::Selector;
+pub use store::{
+    Datastore, Kind, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+};

@@ -1,0 +1,275 @@
+//! Calico's label selector language, the part pools use in `nodeSelector`.
+//!
+//! Supported: `all()`, `has(k)`, `k == 'v'`, `k != 'v'`, `k in {'a', 'b'}`,
+//! `k not in {...}`, `!`, `&&`, `||` and parentheses. An empty selector means `all()`.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// A parsed selector.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Selector {
+    /// Matches everything.
+    All,
+    /// The label is present.
+    Has(String),
+    /// The label equals the value.
+    Eq(String, String),
+    /// The label is absent or differs.
+    Ne(String, String),
+    /// The label is one of the values.
+    In(String, Vec<String>),
+    /// Negation.
+    Not(Box<Selector>),
+    /// Both.
+    And(Box<Selector>, Box<Selector>),
+    /// Either.
+    Or(Box<Selector>, Box<Selector>),
+}
+
+impl Selector {
+    /// Parses selector text.
+    ///
+    /// ```
+    /// use ipam_core::Selector;
+    /// let s = Selector::parse("zone == 'a' && !has(edge)").unwrap();
+    /// let labels = [("zone".to_string(), "a".to_string())].into_iter().collect();
+    /// assert!(s.matches(&labels));
+    /// assert!(Selector::parse("zone = 'a'").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self> {
+        let mut p = Parser { text, pos: 0 };
+        p.skip_ws();
+        if p.at_end() {
+            return Ok(Selector::All);
+        }
+        let s = p.or()?;
+        p.skip_ws();
+        if !p.at_end() {
+            return Err(p.error("unexpected text"));
+        }
+        Ok(s)
+    }
+
+    /// Whether `labels` satisfy the selector.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        match self {
+            Selector::All => true,
+            Selector::Has(k) => labels.contains_key(k),
+            Selector::Eq(k, v) => labels.get(k) == Some(v),
+            Selector::Ne(k, v) => labels.get(k) != Some(v),
+            Selector::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
+            Selector::Not(s) => !s.matches(labels),
+            Selector::And(a, b) => a.matches(labels) && b.matches(labels),
+            Selector::Or(a, b) => a.matches(labels) || b.matches(labels),
+        }
+    }
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl Parser<'_> {
+    fn or(&mut self) -> Result<Selector> {
+        let mut left = self.and()?;
+        while self.eat("||") {
+            left = Selector::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Selector> {
+        let mut left = self.unary()?;
+        while self.eat("&&") {
+            left = Selector::And(Box::new(left), Box::new(self.unary()?));
+        }
+        Ok(left)
+    }
+
+    fn unary(&mut self) -> Result<Selector> {
+        if self.eat("!") {
+            return Ok(Selector::Not(Box::new(self.unary()?)));
+        }
+        if self.eat("(") {
+            let inner = self.or()?;
+            return if self.eat(")") {
+                Ok(inner)
+            } else {
+                Err(self.error("expected ')'"))
+            };
+        }
+        self.term()
+    }
+
+    fn term(&mut self) -> Result<Selector> {
+        if self.eat("all()") {
+            return Ok(Selector::All);
+        }
+        if self.eat("has(") {
+            let key = self.ident()?;
+            return if self.eat(")") {
+                Ok(Selector::Has(key))
+            } else {
+                Err(self.error("expected ')' after has(key"))
+            };
+        }
+        let key = self.ident()?;
+        if self.eat("==") {
+            Ok(Selector::Eq(key, self.string()?))
+        } else if self.eat("!=") {
+            Ok(Selector::Ne(key, self.string()?))
+        } else if self.eat_word("not") {
+            if !self.eat_word("in") {
+                return Err(self.error("expected 'in' after 'not'"));
+            }
+            Ok(Selector::Not(Box::new(Selector::In(key, self.set()?))))
+        } else if self.eat_word("in") {
+            Ok(Selector::In(key, self.set()?))
+        } else {
+            Err(self.error("expected ==, !=, in or not in"))
+        }
+    }
+
+    fn set(&mut self) -> Result<Vec<String>> {
+        if !self.eat("{") {
+            return Err(self.error("expected '{'"));
+        }
+        let mut values = Vec::new();
+        if self.eat("}") {
+            return Ok(values);
+        }
+        loop {
+            values.push(self.string()?);
+            if self.eat("}") {
+                return Ok(values);
+            }
+            if !self.eat(",") {
+                return Err(self.error("expected ',' or '}'"));
+            }
+        }
+    }
+
+    fn ident(&mut self) -> Result<String> {
+        self.skip_ws();
+        let rest = &self.text[self.pos..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_./-".contains(c)))
+            .unwrap_or(rest.len());
+        if len == 0 {
+            return Err(self.error("expected a label name"));
+        }
+        self.pos += len;
+        Ok(rest[..len].to_owned())
+    }
+
+    fn string(&mut self) -> Result<String> {
+        self.skip_ws();
+        let rest = &self.text[self.pos..];
+        let quote = rest
+            .chars()
+            .next()
+            .filter(|c| *c == '\'' || *c == '"')
+            .ok_or_else(|| self.error("expected a quoted value"))?;
+        let end = rest[1..]
+            .find(quote)
+            .ok_or_else(|| self.error("unterminated string"))?;
+        self.pos += end + 2;
+        Ok(rest[1..=end].to_owned())
+    }
+
+    fn eat(&mut self, token: &str) -> bool {
+        self.skip_ws();
+        if self.text[self.pos..].starts_with(token) {
+            self.pos += token.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_word(&mut self, word: &str) -> bool {
+        self.skip_ws();
+        let rest = &self.text[self.pos..];
+        let boundary = rest[word.len().min(rest.len())..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_alphanumeric());
+        if rest.starts_with(word) && boundary {
+            self.pos += word.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn skip_ws(&mut self) {
+        let rest = &self.text[self.pos..];
+        self.pos += rest.len() - rest.trim_start().len();
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.text.len()
+    }
+
+    fn error(&self, what: &str) -> Error {
+        Error::InvalidSelector {
+            selector: self.text.to_owned(),
+            reason: format!("{what} at byte {}", self.pos),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn evaluates_the_supported_forms() {
+        let l = labels(&[("zone", "a"), ("kubernetes.io/os", "linux")]);
+        let cases = [
+            ("", true),
+            ("all()", true),
+            ("!all()", false),
+            ("has(zone)", true),
+            ("has(rack)", false),
+            ("zone == 'a'", true),
+            ("zone != \"a\"", false),
+            ("rack != 'x'", true),
+            ("zone in {'b', 'a'}", true),
+            ("zone not in {'a'}", false),
+            (
+                "kubernetes.io/os == 'linux' && (zone == 'b' || has(zone))",
+                true,
+            ),
+            ("!(zone == 'a') || has(rack)", false),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Selector::parse(text).unwrap().matches(&l), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_selectors_are_refused_with_a_position() {
+        for text in [
+            "zone = 'a'",
+            "has(zone",
+            "zone == a",
+            "(zone == 'a'",
+            "zone == 'a' junk",
+            "zone in {'a'",
+        ] {
+            let err = Selector::parse(text).unwrap_err().to_string();
+            assert!(err.contains("at byte"), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! The datastore contract: typed objects with revisions, and compare-and-swap writes.
+//!
+//! A backend stores the six resource kinds by name. Every write names the revision it
+//! read; a moved revision is a [`StoreError::Conflict`], which only the allocator's retry
+//! helper handles. Objects marked `deleted` are absent to every reader.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
+
+/// What a datastore operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// No live object has that name.
+    #[error("{kind} {name:?} not found")]
+    NotFound {
+        /// The resource kind.
+        kind: Kind,
+        /// The object name.
+        name: String,
+    },
+    /// A live object already has that name.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists {
+        /// The resource kind.
+        kind: Kind,
+        /// The object name.
+        name: String,
+    },
+    /// The object's revision moved since it was read: read again and retry.
+    #[error("{kind} {name:?} was changed by someone else")]
+    Conflict {
+        /// The resource kind.
+        kind: Kind,
+        /// The object name.
+        name: String,
+    },
+    /// The datastore cannot be reached now; the same call may succeed later.
+    #[error("datastore unavailable: {source}")]
+    Unavailable {
+        /// What the backend reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The backend refused the object or the request as malformed.
+    #[error("invalid {kind} {name:?}: {reason}")]
+    Invalid {
+        /// The resource kind.
+        kind: Kind,
+        /// The object name.
+        name: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// Anything else the backend reported (I/O, decoding, protocol).
+    #[error("datastore error: {source}")]
+    Other {
+        /// What the backend reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// The six resource kinds of `crd.projectcalico.org/v1` that IPAM uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// `IPPool`.
+    IpPool,
+    /// `IPAMBlock`.
+    IpamBlock,
+    /// `BlockAffinity`.
+    BlockAffinity,
+    /// `IPAMHandle`.
+    IpamHandle,
+    /// `IPAMConfig`.
+    IpamConfig,
+    /// `IPReservation`.
+    IpReservation,
+}
+
+/// An object's version: opaque, compared only for equality.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Revision(pub String);
+
+/// A stored object: its name, the revision it was read at, and its spec.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stored<R> {
+    /// The object name (`metadata.name`).
+    pub name: String,
+    /// The revision to name in a compare-and-swap write.
+    pub revision: Revision,
+    /// The spec.
+    pub value: R,
+}
+
+/// Which objects a `list` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every live object of the kind.
+    All,
+    /// Objects tied to one node (see [`Resource::node`]); a backend answers from an index.
+    Node(&'a str),
+}
+
+/// Counts of datastore round trips, for benchmarks and cost checks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Single-object reads.
+    pub gets: u64,
+    /// List reads (one per round trip, however many objects).
+    pub lists: u64,
+    /// Creates.
+    pub creates: u64,
+    /// Compare-and-swap updates.
+    pub updates: u64,
+    /// Compare-and-swap deletes.
+    pub deletes: u64,
+}
+
+/// Atomic counters a backend embeds to implement [`Datastore::op_counts`].
+#[derive(Debug, Default)]
+pub struct OpCounter {
+    gets: AtomicU64,
+    lists: AtomicU64,
+    creates: AtomicU64,
+    updates: AtomicU64,
+    deletes: AtomicU64,
+}
+
+/// One operation, for [`OpCounter::count`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// A get.
+    Get,
+    /// A list.
+    List,
+    /// A create.
+    Create,
+    /// An update.
+    Update,
+    /// A delete.
+    Delete,
+}
+
+/// What the allocator reads about one node in the steady state, ideally in one round trip.
+#[derive(Clone, Debug, Default)]
+pub struct NodeSnapshot {
+    /// The IPAM config, if one is stored.
+    pub config: Option<Stored<IpamConfig>>,
+    /// Every pool.
+    pub pools: Vec<Stored<IpPool>>,
+    /// Every reservation.
+    pub reservations: Vec<Stored<IpReservation>>,
+    /// The node's affinities, in any state.
+    pub affinities: Vec<Stored<BlockAffinity>>,
+    /// Blocks whose `affinity` names the node.
+    pub blocks: Vec<Stored<IpamBlock>>,
+}
+
+/// A resource kind the datastore can hold.
+pub trait Resource:
+    Clone + fmt::Debug + Send + Sync + Serialize + DeserializeOwned + 'static
+{
+    /// The kind tag.
+    const KIND: Kind;
+
+    /// Whether the object is soft-deleted (absent to readers).
+    fn is_deleted(&self) -> bool {
+        false
+    }
+
+    /// The node this object belongs to, for [`Scope::Node`] listing.
+    fn node(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// A datastore of IPAM objects with compare-and-swap writes.
+///
+/// Implementations count their round trips in [`Datastore::op_counts`]. They never retry
+/// conflicts themselves, and take no locks that outlive a call.
+pub trait Datastore: Send + Sync {
+    /// Reads one live object.
+    fn get<R: Resource>(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Stored<R>, StoreError>> + Send;
+
+    /// Lists live objects of a kind, sorted by name.
+    fn list<R: Resource>(
+        &self,
+        scope: Scope<'_>,
+    ) -> impl Future<Output = Result<Vec<Stored<R>>, StoreError>> + Send;
+
+    /// Creates an object; [`StoreError::AlreadyExists`] if a live one has the name.
+    /// A soft-deleted object of that name is replaced.
+    fn create<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Replaces an object if its revision is still `revision`; [`StoreError::Conflict`] if not,
+    /// [`StoreError::NotFound`] if it is gone.
+    fn update<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        revision: &Revision,
+    ) -> impl Future<Output = Result<Revision, StoreError>> + Send;
+
+    /// Removes an object if its revision is still `revision` (soft-deleted objects included).
+    fn delete<R: Resource>(
+        &self,
+        name: &str,
+        revision: &Revision,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Round trips so far.
+    fn op_counts(&self) -> OpCounts;
+
+    /// Everything the allocator reads for `node` before assigning. Backends that can read
+    /// several ranges at once (a SQLite read transaction, an etcd transaction) override this.
+    fn node_snapshot(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<NodeSnapshot, StoreError>> + Send {
+        async move {
+            let config = match self.get::<IpamConfig>(IpamConfig::NAME).await {
+                Ok(c) => Some(c),
+                Err(StoreError::NotFound { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            Ok(NodeSnapshot {
+                config,
+                pools: self.list(Scope::All).await?,
+                reservations: self.list(Scope::All).await?,
+                affinities: self.list(Scope::Node(node)).await?,
+                blocks: self.list(Scope::Node(node)).await?,
+            })
+        }
+    }
+}
+
+impl StoreError {
+    /// Whether this is a CAS conflict (the only error the retry helper swallows).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    /// Whether the object was absent.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+
+    /// A NotFound for `R` named `name`.
+    pub fn not_found<R: Resource>(name: &str) -> Self {
+        StoreError::NotFound {
+            kind: R::KIND,
+            name: name.to_owned(),
+        }
+    }
+
+    /// An AlreadyExists for `R` named `name`.
+    pub fn already_exists<R: Resource>(name: &str) -> Self {
+        StoreError::AlreadyExists {
+            kind: R::KIND,
+            name: name.to_owned(),
+        }
+    }
+
+    /// A Conflict for `R` named `name`.
+    pub fn conflict<R: Resource>(name: &str) -> Self {
+        StoreError::Conflict {
+            kind: R::KIND,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Kind {
+    /// Every kind, in a fixed order.
+    pub const ALL: [Kind; 6] = [
+        Kind::IpPool,
+        Kind::IpamBlock,
+        Kind::BlockAffinity,
+        Kind::IpamHandle,
+        Kind::IpamConfig,
+        Kind::IpReservation,
+    ];
+
+    /// The Kubernetes kind (`IPAMBlock`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::IpPool => "IPPool",
+            Kind::IpamBlock => "IPAMBlock",
+            Kind::BlockAffinity => "BlockAffinity",
+            Kind::IpamHandle => "IPAMHandle",
+            Kind::IpamConfig => "IPAMConfig",
+            Kind::IpReservation => "IPReservation",
+        }
+    }
+
+    /// The Kubernetes plural resource name (`ipamblocks`).
+    pub fn plural(self) -> &'static str {
+        match self {
+            Kind::IpPool => "ippools",
+            Kind::IpamBlock => "ipamblocks",
+            Kind::BlockAffinity => "blockaffinities",
+            Kind::IpamHandle => "ipamhandles",
+            Kind::IpamConfig => "ipamconfigs",
+            Kind::IpReservation => "ipreservations",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Revision {
+    /// A revision from a counter.
+    pub fn from_u64(n: u64) -> Self {
+        Revision(n.to_string())
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl OpCounts {
+    /// Round trips that only read.
+    pub fn reads(&self) -> u64 {
+        self.gets + self.lists
+    }
+
+    /// Round trips that write.
+    pub fn writes(&self) -> u64 {
+        self.creates + self.updates + self.deletes
+    }
+
+    /// The counts accrued since `earlier`.
+    pub fn since(&self, earlier: &OpCounts) -> OpCounts {
+        OpCounts {
+            gets: self.gets - earlier.gets,
+            lists: self.lists - earlier.lists,
+            creates: self.creates - earlier.creates,
+            updates: self.updates - earlier.updates,
+            deletes: self.deletes - earlier.deletes,
+        }
+    }
+}
+
+impl OpCounter {
+    /// Counts one round trip.
+    pub fn count(&self, op: Op) {
+        let cell = match op {
+            Op::Get => &self.gets,
+            Op::List => &self.lists,
+            Op::Create => &self.creates,
+            Op::Update => &self.updates,
+            Op::Delete => &self.deletes,
+        };
+        cell.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn snapshot(&self) -> OpCounts {
+        OpCounts {
+            gets: self.gets.load(Ordering::Relaxed),
+            lists: self.lists.load(Ordering::Relaxed),
+            creates: self.creates.load(Ordering::Relaxed),
+            updates: self.updates.load(Ordering::Relaxed),
+            deletes: self.deletes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Resource for IpPool {
+    const KIND: Kind = Kind::IpPool;
+}
+
+impl Resource for IpamBlock {
+    const KIND: Kind = Kind::IpamBlock;
+
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn node(&self) -> Option<&str> {
+        self.affinity
+            .as_deref()
+            .and_then(|a| a.strip_prefix("host:"))
+    }
+}
+
+impl Resource for BlockAffinity {
+    const KIND: Kind = Kind::BlockAffinity;
+
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    fn node(&self) -> Option<&str> {
+        Some(&self.node)
+    }
+}
+
+impl Resource for IpamHandle {
+    const KIND: Kind = Kind::IpamHandle;
+
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+}
+
+impl Resource for IpamConfig {
+    const KIND: Kind = Kind::IpamConfig;
+}
+
+impl Resource for IpReservation {
+    const KIND: Kind = Kind::IpReservation;
+}
