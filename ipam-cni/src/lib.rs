@@ -1,0 +1,1 @@
+//! The CNI IPAM plugin and the `ipamctl` operator CLI (work in progress).

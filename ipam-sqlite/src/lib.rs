@@ -1,0 +1,1 @@
+//! SQLite datastore for `ipam-core`: one database file per host (work in progress).

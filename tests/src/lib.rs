@@ -1,0 +1,1 @@
+//! Shared test machinery, run against every datastore from the files in `tests/tests/`.
