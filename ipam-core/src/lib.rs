@@ -22,6 +22,7 @@
 //! ```
 
 pub mod block;
+pub mod check;
 pub mod cidr;
 pub mod clock;
 pub mod error;

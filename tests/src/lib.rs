@@ -1,1 +1,4 @@
 //! Shared test machinery, run against every datastore from the files in `tests/tests/`.
+
+pub mod conformance;
+pub mod model;

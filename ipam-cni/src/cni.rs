@@ -1,0 +1,1 @@
+//! The CNI protocol front end: verbs, config, results and errors.

@@ -1,0 +1,1 @@
+//! Which datastore the plugin and `ipamctl` use, and opening it.

@@ -1,0 +1,1 @@
+//! Consistency checks over a whole datastore, for `ipamctl check`.

@@ -1,0 +1,1 @@
+//! The datastore conformance suite: one set of checks for every `Datastore`.

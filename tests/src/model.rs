@@ -1,0 +1,1 @@
+//! The model-based property test of the allocator, generic over the datastore.
