@@ -1,4 +1,5 @@
 //! Shared test machinery, run against every datastore from the files in `tests/tests/`.
 
 pub mod conformance;
+pub mod etcd;
 pub mod model;

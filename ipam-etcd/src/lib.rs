@@ -1,0 +1,1 @@
+//! etcd v3 datastore for `ipam-core` (work in progress).
