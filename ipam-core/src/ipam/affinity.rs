@@ -289,11 +289,14 @@ impl<D: Datastore> Ipam<D> {
 
     /// Claims a free block of one of `pools` for `node`, walking each pool's blocks in a
     /// per-node pseudo-random order so that nodes claiming at once pick different blocks.
+    /// Blocks in `held` (the node's own) are passed over: the walk would otherwise meet the
+    /// node's first block again and "claim" it although it is full.
     pub(crate) async fn claim_free_block(
         &self,
         node: &NodeName,
         pools: &[&Stored<IpPool>],
         reservations: &Reservations,
+        held: &HashSet<IpNet>,
     ) -> Result<Option<Stored<IpamBlock>>> {
         let seed = fnv1a64(node.as_str().as_bytes());
         let mut used: Option<HashSet<IpNet>> = None;
@@ -317,7 +320,8 @@ impl<D: Datastore> Ipam<D> {
                 }
                 let block = nth_block(&pool.value.cidr, size, (start + k * stride) % n)?;
                 k += 1;
-                if reservations.covers_all(&block.net())
+                if held.contains(&block.net())
+                    || reservations.covers_all(&block.net())
                     || used.as_ref().is_some_and(|u| u.contains(&block.net()))
                 {
                     continue;

@@ -1,7 +1,7 @@
 //! Assignment: `auto_assign` (addresses from the node's blocks, new blocks, or borrowed)
 //! and `assign_ip` (one named address).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -239,17 +239,19 @@ impl<D: Datastore> Ipam<D> {
             .max_blocks_per_host
             .unwrap_or_else(|| req.config.effective_max_blocks());
         let mut hit_limit = false;
+        let mut held: HashSet<IpNet> = snapshot.blocks.iter().map(|b| b.value.cidr).collect();
         while (got.len() as u32) < num && req.config.auto_allocate_blocks {
             if owned >= limit {
                 hit_limit = true;
                 break;
             }
             let Some(block) = self
-                .claim_free_block(node, &pools, &req.reservations)
+                .claim_free_block(node, &pools, &req.reservations, &held)
                 .await?
             else {
                 break;
             };
+            held.insert(block.value.cidr);
             owned += 1;
             got.extend(
                 self.assign_from_block(block, req, num - got.len() as u32, Some(node))
