@@ -1,0 +1,1 @@
+//! Kubernetes datastore for `ipam-core` (work in progress).
