@@ -1,0 +1,147 @@
+//! Opening the file: refuse what is not ours, configure the connection, migrate the schema.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+use crate::{Error, Result};
+
+/// The schema version this build reads and writes (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a call waits for another process's write lock before giving up with
+/// `StoreError::Unavailable`. Plugin processes on one node queue on the lock; a write holds it
+/// for about one fsync, so several seconds means a stuck writer, not a busy one.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `MIGRATIONS[v]` takes a database from version `v` to `v + 1`. Version 0 is a fresh file.
+const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
+    // 0 -> 1: the object table and the revision counter.
+    "CREATE TABLE objects (
+        kind     TEXT    NOT NULL,
+        name     TEXT    NOT NULL,
+        revision INTEGER NOT NULL,
+        node     TEXT,
+        deleted  INTEGER NOT NULL DEFAULT 0,
+        spec     TEXT    NOT NULL,
+        PRIMARY KEY (kind, name)
+    ) WITHOUT ROWID;
+    CREATE INDEX objects_by_node ON objects (kind, node, name) WHERE node IS NOT NULL;
+    CREATE TABLE revision (
+        id   INTEGER PRIMARY KEY CHECK (id = 1),
+        last INTEGER NOT NULL
+    );
+    INSERT INTO revision (id, last) VALUES (1, 0);",
+];
+
+/// Opens (creating if missing) and prepares the database at `path`.
+pub(crate) fn open(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_owned(),
+            source,
+        })?;
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let setup = |source| Error::Setup {
+        path: path.to_owned(),
+        source,
+    };
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(setup)?;
+    // Everything up to here only reads: a foreign or newer file is refused before the first
+    // statement that could write to it (switching the journal mode rewrites the header).
+    check_version(&conn, path, user_version(&conn, path)?)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(setup)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Incompatible {
+            path: path.to_owned(),
+            reason: format!("the file system does not support WAL (journal mode is {mode})"),
+        });
+    }
+    // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, so a commit survives
+    // kill -9 but may be rolled back by a power loss. An allocation that the plugin has
+    // already reported to the container runtime would then be handed out a second time
+    // after the reboot. One fsync of the WAL per write is the price of that guarantee.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(setup)?;
+    migrate(&mut conn, path)?;
+    Ok(conn)
+}
+
+/// The schema version in the file, mapping "not a database" to its own error.
+fn user_version(conn: &Connection, path: &Path) -> Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(|source| match source.sqlite_error_code() {
+            Some(ErrorCode::NotADatabase) => Error::NotADatabase {
+                path: path.to_owned(),
+            },
+            _ => Error::Setup {
+                path: path.to_owned(),
+                source,
+            },
+        })
+}
+
+fn check_version(conn: &Connection, path: &Path, found: i64) -> Result<()> {
+    if found > SCHEMA_VERSION {
+        return Err(Error::NewerSchema {
+            path: path.to_owned(),
+            found,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if found < 0 {
+        return Err(Error::Incompatible {
+            path: path.to_owned(),
+            reason: format!("schema version {found} is not one this software writes"),
+        });
+    }
+    if found == 0 {
+        // Version 0 with tables is somebody else's database: do not add ours beside theirs.
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .map_err(|source| Error::Setup {
+                path: path.to_owned(),
+                source,
+            })?;
+        if tables > 0 {
+            return Err(Error::Incompatible {
+                path: path.to_owned(),
+                reason: "it holds tables but no IPAM schema version".to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Brings the schema to [`SCHEMA_VERSION`] in one write transaction, re-reading the version
+/// under the write lock: several processes may open a fresh file at the same moment.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let setup = |source| Error::Setup {
+        path: path.to_owned(),
+        source,
+    };
+    if user_version(conn, path)? == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(setup)?;
+    let found = user_version(&tx, path)?;
+    check_version(&tx, path, found)?;
+    for step in MIGRATIONS.iter().skip(found as usize) {
+        tx.execute_batch(step).map_err(setup)?;
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(setup)?;
+    tx.commit().map_err(setup)
+}

@@ -1,0 +1,315 @@
+//! `SqliteStore`: the [`Datastore`] over one SQLite file.
+//!
+//! Each call runs to completion on the calling task: a local SQLite call is short (a read is
+//! microseconds, a write one fsync), so it is not worth a thread hop. The connection is not
+//! `Sync`, hence the mutex; processes, not threads, are what share the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use ipam_core::store::{Op, OpCounter};
+use ipam_core::{
+    BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig, NodeSnapshot, OpCounts,
+    Resource, Revision, Scope, StoreError, Stored,
+};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
+
+use crate::{Result, schema};
+
+/// A [`Datastore`] kept in one SQLite database file.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+    counter: OpCounter,
+    path: PathBuf,
+}
+
+/// What a write expects to find.
+#[derive(Clone, Copy)]
+enum Expect<'a> {
+    /// No live object (a soft-deleted one is replaced).
+    Absent,
+    /// A live object at this revision.
+    Revision(&'a Revision),
+}
+
+impl SqliteStore {
+    /// Opens the database at `path`, creating the file and its folder if missing and
+    /// migrating an older schema. Refuses (without modifying it) a file that is not a SQLite
+    /// database or that has a newer schema.
+    pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        let path = path.as_ref();
+        Ok(SqliteStore {
+            conn: Mutex::new(schema::open(path)?),
+            counter: OpCounter::default(),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock unwinds through the open `Transaction`, whose drop
+        // rolls it back, so the connection behind a poisoned lock is still clean.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get_now<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
+        self.counter.count(Op::Get);
+        get_in::<R>(&self.lock(), name)?.ok_or_else(|| StoreError::not_found::<R>(name))
+    }
+
+    fn list_now<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+        self.counter.count(Op::List);
+        list_in(&self.lock(), scope)
+    }
+
+    fn snapshot_now(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        // One round trip, like a list: the point of the override.
+        self.counter.count(Op::List);
+        let mut conn = self.lock();
+        // A deferred transaction that only reads is a WAL read snapshot: all five reads see
+        // the same commit, and no writer is blocked by it.
+        let tx = conn.transaction().map_err(sql)?;
+        let snapshot = NodeSnapshot {
+            config: get_in::<IpamConfig>(&tx, IpamConfig::NAME)?,
+            pools: list_in::<IpPool>(&tx, Scope::All)?,
+            reservations: list_in::<IpReservation>(&tx, Scope::All)?,
+            affinities: list_in::<BlockAffinity>(&tx, Scope::Node(node))?,
+            blocks: list_in::<IpamBlock>(&tx, Scope::Node(node))?,
+        };
+        tx.commit().map_err(sql)?;
+        Ok(snapshot)
+    }
+
+    fn put_now<R: Resource>(
+        &self,
+        name: &str,
+        value: &R,
+        expect: Expect<'_>,
+    ) -> Result<Revision, StoreError> {
+        self.counter.count(match expect {
+            Expect::Absent => Op::Create,
+            Expect::Revision(_) => Op::Update,
+        });
+        let spec = serde_json::to_string(value).map_err(|e| StoreError::Invalid {
+            kind: R::KIND,
+            name: name.to_owned(),
+            reason: e.to_string(),
+        })?;
+        let mut conn = self.lock();
+        let tx = write_tx(&mut conn)?;
+        let revision = next_revision(&tx)?;
+        let params = (
+            R::KIND.as_str(),
+            name,
+            revision,
+            value.node(),
+            value.is_deleted(),
+            &spec,
+        );
+        let changed = match expect {
+            // Replaces a soft-deleted row; a live one stays and makes this a no-op.
+            Expect::Absent => tx.prepare_cached(
+                "INSERT INTO objects (kind, name, revision, node, deleted, spec)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision,
+                   node = excluded.node, deleted = excluded.deleted, spec = excluded.spec
+                 WHERE objects.deleted",
+            ),
+            Expect::Revision(_) => tx.prepare_cached(
+                "UPDATE objects SET revision = ?3, node = ?4, deleted = ?5, spec = ?6
+                 WHERE kind = ?1 AND name = ?2 AND revision = ?7 AND NOT deleted",
+            ),
+        }
+        .and_then(|mut stmt| match expect {
+            Expect::Absent => stmt.execute(params),
+            Expect::Revision(rev) => {
+                let (k, n, r, nd, d, s) = params;
+                stmt.execute((k, n, r, nd, d, s, revision_number(rev)))
+            }
+        })
+        .map_err(sql)?;
+        if changed == 0 {
+            // Dropping the transaction rolls back the counter bump as well.
+            return Err(why_not::<R>(&tx, name, expect)?);
+        }
+        tx.commit().map_err(sql)?;
+        Ok(Revision::from_u64(revision as u64))
+    }
+
+    fn delete_now<R: Resource>(&self, name: &str, rev: &Revision) -> Result<(), StoreError> {
+        self.counter.count(Op::Delete);
+        let mut conn = self.lock();
+        let tx = write_tx(&mut conn)?;
+        let changed = tx
+            .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND name = ?2 AND revision = ?3")
+            .and_then(|mut s| s.execute((R::KIND.as_str(), name, revision_number(rev))))
+            .map_err(sql)?;
+        if changed == 0 {
+            return Err(match row_state::<R>(&tx, name)? {
+                None => StoreError::not_found::<R>(name),
+                Some(_) => StoreError::conflict::<R>(name),
+            });
+        }
+        tx.commit().map_err(sql)
+    }
+}
+
+/// Starts a write transaction holding the database's write lock from the first statement, so
+/// that a writer waits for the lock (busy timeout) instead of failing with SQLITE_BUSY when
+/// it upgrades a read lock halfway.
+fn write_tx(conn: &mut Connection) -> Result<Transaction<'_>, StoreError> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql)
+}
+
+/// Takes the next revision number: a counter in the file, so numbers never repeat across
+/// deletes, processes or reopenings.
+fn next_revision(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+    tx.prepare_cached("UPDATE revision SET last = last + 1 WHERE id = 1 RETURNING last")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(sql)
+}
+
+/// A revision as the number stored in the file; anything that is not one of ours can never
+/// match a row (-1 is never handed out), which makes the write a conflict or not-found.
+fn revision_number(rev: &Revision) -> i64 {
+    rev.0.parse().unwrap_or(-1)
+}
+
+/// Why a write changed no row: the error it must return.
+fn why_not<R: Resource>(
+    tx: &Transaction<'_>,
+    name: &str,
+    expect: Expect<'_>,
+) -> Result<StoreError, StoreError> {
+    let state = row_state::<R>(tx, name)?;
+    Ok(match (expect, state) {
+        (Expect::Absent, _) => StoreError::already_exists::<R>(name),
+        (Expect::Revision(_), None | Some(true)) => StoreError::not_found::<R>(name),
+        (Expect::Revision(_), Some(false)) => StoreError::conflict::<R>(name),
+    })
+}
+
+/// Whether a row exists, and if so whether it is soft-deleted.
+fn row_state<R: Resource>(conn: &Connection, name: &str) -> Result<Option<bool>, StoreError> {
+    conn.prepare_cached("SELECT deleted FROM objects WHERE kind = ?1 AND name = ?2")
+        .and_then(|mut s| {
+            s.query_row((R::KIND.as_str(), name), |r| r.get(0))
+                .optional()
+        })
+        .map_err(sql)
+}
+
+fn get_in<R: Resource>(conn: &Connection, name: &str) -> Result<Option<Stored<R>>, StoreError> {
+    let row: Option<(i64, String)> = conn
+        .prepare_cached(
+            "SELECT revision, spec FROM objects WHERE kind = ?1 AND name = ?2 AND NOT deleted",
+        )
+        .and_then(|mut s| {
+            s.query_row((R::KIND.as_str(), name), |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+        })
+        .map_err(sql)?;
+    row.map(|(rev, spec)| decode(name.to_owned(), rev, &spec))
+        .transpose()
+}
+
+fn list_in<R: Resource>(conn: &Connection, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+    // Names sort by bytes (SQLite's BINARY collation), the same order as a Rust `String`.
+    let (sql_text, node) = match scope {
+        Scope::All => (
+            "SELECT name, revision, spec FROM objects
+             WHERE kind = ?1 AND ?2 IS NULL AND NOT deleted ORDER BY name",
+            None,
+        ),
+        Scope::Node(node) => (
+            "SELECT name, revision, spec FROM objects
+             WHERE kind = ?1 AND node = ?2 AND NOT deleted ORDER BY name",
+            Some(node),
+        ),
+    };
+    let mut stmt = conn.prepare_cached(sql_text).map_err(sql)?;
+    let rows = stmt
+        .query_map((R::KIND.as_str(), node), |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(sql)?;
+    rows.map(|row| {
+        let (name, rev, spec) = row.map_err(sql)?;
+        decode(name, rev, &spec)
+    })
+    .collect()
+}
+
+fn decode<R: Resource>(name: String, rev: i64, spec: &str) -> Result<Stored<R>, StoreError> {
+    let value = serde_json::from_str(spec).map_err(|e| StoreError::Other {
+        source: format!("{} {name:?} holds a spec that does not parse: {e}", R::KIND).into(),
+    })?;
+    Ok(Stored {
+        name,
+        revision: Revision::from_u64(rev as u64),
+        value,
+    })
+}
+
+/// Maps a SQLite error: a lock still held by another process after the busy timeout is
+/// `Unavailable` (the same call can succeed later), anything else is `Other`.
+fn sql(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable { source: e.into() }
+        }
+        _ => StoreError::Other { source: e.into() },
+    }
+}
+
+impl Datastore for SqliteStore {
+    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
+        self.get_now(name)
+    }
+
+    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+        self.list_now(scope)
+    }
+
+    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
+        self.put_now(name, &value, Expect::Absent)
+    }
+
+    async fn update<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
+        self.put_now(name, &value, Expect::Revision(revision))
+    }
+
+    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
+        self.delete_now::<R>(name, revision)
+    }
+
+    fn op_counts(&self) -> OpCounts {
+        self.counter.snapshot()
+    }
+
+    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        self.snapshot_now(node)
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
