@@ -1,0 +1,148 @@
+//! Opening files: creation, reopening, migration, and refusing files that are not ours
+//! without touching them.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::path::Path;
+
+use ipam_core::{Datastore, IpamHandle, Revision};
+use ipam_sqlite::{Error, SCHEMA_VERSION, SqliteStore};
+
+fn user_version(path: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap()
+}
+
+/// Opens `path` expecting a refusal, and checks the file's bytes did not change.
+fn refused_untouched(path: &Path) -> Error {
+    let before = std::fs::read(path).unwrap();
+    let err = SqliteStore::open(path).unwrap_err();
+    assert_eq!(
+        std::fs::read(path).unwrap(),
+        before,
+        "a refused file was modified"
+    );
+    assert!(
+        !path.with_extension("db-wal").exists(),
+        "a refused file got a WAL beside it"
+    );
+    err
+}
+
+#[test]
+fn creates_missing_folders_and_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/ipam.db");
+    let store = SqliteStore::open(&path).unwrap();
+    assert!(path.is_file());
+    assert_eq!(store.path(), path);
+    drop(store);
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+#[test]
+fn reopening_keeps_objects_and_never_repeats_a_revision() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam.db");
+    let first: Revision = pollster::block_on(async {
+        let s = SqliteStore::open(&path).unwrap();
+        let r = s.create("gone", IpamHandle::new("gone")).await.unwrap();
+        s.delete::<IpamHandle>("gone", &r).await.unwrap();
+        s.create("kept", IpamHandle::new("kept")).await.unwrap()
+    });
+    pollster::block_on(async {
+        let s = SqliteStore::open(&path).unwrap();
+        let kept = s.get::<IpamHandle>("kept").await.unwrap();
+        assert_eq!(kept.revision, first);
+        let again = s.create("gone", IpamHandle::new("gone")).await.unwrap();
+        let n = |r: &Revision| r.0.parse::<u64>().unwrap();
+        assert!(n(&again) > n(&first), "{again} after {first}");
+    });
+}
+
+#[test]
+fn an_empty_file_is_a_fresh_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam.db");
+    std::fs::write(&path, b"").unwrap();
+    drop(SqliteStore::open(&path).unwrap());
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+}
+
+#[test]
+fn a_file_that_is_not_a_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, content) in [
+        b"not a database\n".repeat(1),
+        b"hosts 10.0.0.1 node-1\n".repeat(500),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("junk{i}.db"));
+        std::fs::write(&path, &content).unwrap();
+        let err = refused_untouched(&path);
+        assert!(matches!(err, Error::NotADatabase { .. }), "{i}: {err:?}");
+        assert!(err.to_string().contains("not a SQLite database"), "{err}");
+    }
+}
+
+#[test]
+fn a_newer_schema_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ipam.db");
+    drop(SqliteStore::open(&path).unwrap());
+    let newer = SCHEMA_VERSION + 1;
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", newer).unwrap();
+        // Back to a rollback journal, so that switching it to WAL would show in the header.
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = DELETE", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "delete");
+    }
+    let err = refused_untouched(&path);
+    match err {
+        Error::NewerSchema {
+            found, supported, ..
+        } => assert_eq!((found, supported), (newer, SCHEMA_VERSION)),
+        other => panic!("expected NewerSchema, got {other:?}"),
+    }
+    assert_eq!(user_version(&path), newer);
+}
+
+#[test]
+fn someone_elses_database_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+            .unwrap();
+    }
+    let err = refused_untouched(&path);
+    assert!(matches!(err, Error::Incompatible { .. }), "{err:?}");
+}
+
+#[test]
+fn many_openers_of_a_fresh_file_all_succeed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("race/ipam.db");
+    let handles: Vec<_> = (0..8)
+        .map(|i| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let s = SqliteStore::open(&path).unwrap();
+                let name = format!("h{i}");
+                pollster::block_on(s.create(&name, IpamHandle::new(&name))).unwrap();
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let s = SqliteStore::open(&path).unwrap();
+    let all = pollster::block_on(s.list::<IpamHandle>(ipam_core::Scope::All)).unwrap();
+    assert_eq!(all.len(), 8);
+}
