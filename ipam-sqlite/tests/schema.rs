@@ -73,7 +73,7 @@ fn an_empty_file_is_a_fresh_database() {
 fn a_file_that_is_not_a_database_is_refused_untouched() {
     let dir = tempfile::tempdir().unwrap();
     for (i, content) in [
-        b"not a database\n".repeat(1),
+        b"not a database\n".to_vec(),
         b"hosts 10.0.0.1 node-1\n".repeat(500),
     ]
     .into_iter()
