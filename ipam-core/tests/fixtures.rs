@@ -1,6 +1,8 @@
 //! The Calico objects shown in the seed document, loaded into the model types: what they
 //! mean, that they are consistent, and that they write back unchanged.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
