@@ -390,14 +390,15 @@ impl<D: Datastore> Ipam<D> {
         Ok(got)
     }
 
-    /// Releases what a failed `auto_assign` had taken. Best effort: the caller is already
-    /// returning the first error, and a failure here leaves addresses `check` reports.
+    /// Releases what a failed `auto_assign` had taken, with no cooldown: the addresses were
+    /// never used. Best effort: the caller is already returning the first error, and a
+    /// failure here leaves addresses `check` reports.
     async fn undo(&self, out: &Assigned) {
         let requests: Vec<_> = out
             .all()
             .map(|n| super::ReleaseRequest::new(n.addr()))
             .collect();
-        let _ = self.release_ips(&requests).await;
+        let _ = self.release_ips_inner(&requests, true).await;
     }
 }
 

@@ -173,9 +173,11 @@ impl Reservations {
         self.0.is_empty()
     }
 
-    /// Whether every address of `net` is reserved.
+    /// Whether every address of `net` is reserved, by one reservation or by several
+    /// that together cover it.
     pub(crate) fn covers_all(&self, net: &IpNet) -> bool {
-        self.0.iter().any(|(n, _)| n.contains(net))
+        let (lo, hi) = crate::ipam::usage::bounds(net);
+        self.count_in(net) == hi - lo + 1
     }
 
     /// How many addresses of `net` are reserved (overlapping reservations counted once).

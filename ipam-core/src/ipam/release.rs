@@ -61,7 +61,17 @@ impl<D: Datastore> Ipam<D> {
         &self,
         requests: &[ReleaseRequest],
     ) -> Result<Vec<(IpAddr, ReleaseOutcome)>> {
-        let config = self.get_config().await?;
+        self.release_ips_inner(requests, false).await
+    }
+
+    /// [`Ipam::release_ips`]; with `immediate`, the addresses skip the cooldown, as undoing
+    /// a failed assignment must (nobody ever used them). Others' cooldowns still apply.
+    pub(crate) async fn release_ips_inner(
+        &self,
+        requests: &[ReleaseRequest],
+        immediate: bool,
+    ) -> Result<Vec<(IpAddr, ReleaseOutcome)>> {
+        let cooldown = self.get_config().await?.ip_cooldown_seconds;
         let pools = self.store.list::<IpPool>(Scope::All).await?;
         let mut by_block: BTreeMap<BlockCidr, Vec<&ReleaseRequest>> = BTreeMap::new();
         let mut out = Vec::new();
@@ -74,7 +84,7 @@ impl<D: Datastore> Ipam<D> {
         }
         for (cidr, reqs) in by_block {
             out.extend(
-                self.release_in_block(cidr, &reqs, config.ip_cooldown_seconds)
+                self.release_in_block(cidr, &reqs, cooldown, immediate)
                     .await?,
             );
         }
@@ -178,6 +188,7 @@ impl<D: Datastore> Ipam<D> {
         cidr: BlockCidr,
         reqs: &[&ReleaseRequest],
         cooldown: u32,
+        immediate: bool,
     ) -> Result<Vec<(IpAddr, ReleaseOutcome)>> {
         let (outcomes, freed) = self
             .retry("releasing addresses", async || {
@@ -191,7 +202,7 @@ impl<D: Datastore> Ipam<D> {
                 };
                 let now = self.now();
                 let stamp = rfc3339(now);
-                let how = if cooldown > 0 {
+                let how = if cooldown > 0 && !immediate {
                     Cooldown::Until(&stamp)
                 } else {
                     Cooldown::None
