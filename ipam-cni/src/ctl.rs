@@ -1,1 +1,178 @@
 //! `ipamctl`: the operator CLI.
+//!
+//! The command line is parsed by [`Cli`]; [`run`] executes it against any [`Datastore`] and
+//! writes to the writer it is given, so every command is testable without a process. The
+//! binary (`src/bin/ipamctl.rs`) only opens the datastore and maps the outcome to an exit
+//! status: 0 for success (and a clean `check`), 1 when `check` finds something or a release
+//! was refused, 2 for errors.
+
+pub mod check;
+pub mod config;
+pub mod gc;
+pub mod output;
+pub mod pool;
+pub mod release;
+pub mod show;
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use ipam_core::{Datastore, Ipam};
+
+pub use self::output::Format;
+
+/// Exit status of a successful command, or of a clean `check`.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when `check` found inconsistencies or a release was refused.
+pub const EXIT_FINDINGS: u8 = 1;
+/// Exit status for errors (bad arguments, unreachable datastore, ...).
+pub const EXIT_ERROR: u8 = 2;
+
+/// What an `ipamctl` command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The allocator refused or failed the operation.
+    #[error(transparent)]
+    Ipam(#[from] ipam_core::Error),
+    /// The datastore failed.
+    #[error(transparent)]
+    Store(#[from] ipam_core::StoreError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing the output failed (a closed pipe, a full disk).
+    #[error("writing output: {0}")]
+    Output(#[source] std::io::Error),
+    /// A file did not hold what it should (a report, a gc state file).
+    #[error("{path}: not a valid {what}: {reason}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What it should have held.
+        what: &'static str,
+        /// What the parser said.
+        reason: String,
+    },
+    /// Output could not be serialized.
+    #[error("serializing output: {0}")]
+    Serialize(String),
+    /// An argument has a value that cannot be used.
+    #[error("invalid {arg}: {reason}")]
+    InvalidArgument {
+        /// The argument.
+        arg: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `Result` with [`CtlError`].
+pub type Result<T, E = CtlError> = std::result::Result<T, E>;
+
+/// The operator CLI for the IPAM datastore.
+#[derive(Debug, Parser)]
+#[command(name = "ipamctl", version, about, long_about = None)]
+pub struct Cli {
+    /// Datastore to use: `sqlite:PATH` (default: the plugin's own database).
+    #[arg(long, global = true, env = "IPAM_DATASTORE", value_name = "SPEC")]
+    pub datastore: Option<String>,
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Format::Table
+    )]
+    pub output: Format,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, inspect and delete IP pools.
+    Pool {
+        /// The pool command.
+        #[command(subcommand)]
+        command: pool::PoolCommand,
+    },
+    /// Read or change the IPAM configuration.
+    Config {
+        /// The config command.
+        #[command(subcommand)]
+        command: config::ConfigCommand,
+    },
+    /// Utilization per pool and block, or who holds an address or handle.
+    Show(show::ShowArgs),
+    /// Look for inconsistencies and leaks; exit 0 only when nothing is found.
+    Check(check::CheckArgs),
+    /// Release addresses: one, a handle's, or the leaks a `check` report names.
+    Release(release::ReleaseArgs),
+    /// Return cooled-down addresses, surplus empty blocks and crash leftovers.
+    Gc(gc::GcArgs),
+}
+
+/// Runs a parsed command on `store`, writing results to `out`; returns the exit status.
+/// `state_default` is where `gc` keeps its observations when `--state` is not given.
+pub async fn run<D: Datastore>(
+    cli: &Cli,
+    store: D,
+    out: &mut dyn Write,
+    state_default: Option<PathBuf>,
+) -> Result<u8> {
+    let ipam = Ipam::new(store);
+    let format = cli.output;
+    match &cli.command {
+        Command::Pool { command } => pool::run(&ipam, command, format, out).await,
+        Command::Config { command } => config::run(&ipam, command, format, out).await,
+        Command::Show(args) => show::run(&ipam, args, format, out).await,
+        Command::Check(args) => check::run(&ipam, args, format, out).await,
+        Command::Release(args) => release::run(&ipam, args, format, out).await,
+        Command::Gc(args) => gc::run(&ipam, args, format, out, state_default).await,
+    }
+}
+
+/// Reads a file, or standard input for `-`.
+pub(crate) fn read_input(path: &std::path::Path) -> Result<String> {
+    let io = |source| CtlError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if path.as_os_str() == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(io)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(path).map_err(io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let cli = Cli::try_parse_from(["ipamctl", "show", "-o", "json", "--datastore", "sqlite:x"])
+            .unwrap();
+        assert_eq!(cli.output, Format::Json);
+        assert_eq!(cli.datastore.as_deref(), Some("sqlite:x"));
+        assert!(Cli::try_parse_from(["ipamctl", "show", "-o", "xml"]).is_err());
+    }
+}

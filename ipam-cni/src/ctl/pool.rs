@@ -1,0 +1,195 @@
+//! `ipamctl pool create|list|get|delete`.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand, ValueEnum};
+use ipam_core::{AssignmentMode, Datastore, IntendedUse, IpPool, Ipam, Stored};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::output::{Format, emit, or_dash, table};
+use super::{EXIT_OK, Result};
+
+/// Pool commands.
+#[derive(Debug, Subcommand)]
+pub enum PoolCommand {
+    /// Create a pool.
+    Create(CreateArgs),
+    /// List every pool.
+    List,
+    /// Show one pool, by name or CIDR.
+    Get {
+        /// The pool's name or CIDR.
+        name: String,
+    },
+    /// Delete a pool; refused while it holds allocations unless `--release` is given.
+    Delete {
+        /// The pool's name or CIDR.
+        name: String,
+        /// Release the pool's addresses, blocks and affinities first.
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+/// `pool create` options.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The pool's name.
+    pub name: String,
+    /// The pool's network.
+    #[arg(long)]
+    pub cidr: IpNet,
+    /// Prefix length of each block (default 26 for IPv4, 122 for IPv6).
+    #[arg(long)]
+    pub block_size: Option<u8>,
+    /// Calico selector over node labels (default `all()`).
+    #[arg(long, default_value = "")]
+    pub node_selector: String,
+    /// What addresses may be used for (default Workload,Tunnel).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub allowed_uses: Vec<Use>,
+    /// Create the pool disabled: it hands out nothing new.
+    #[arg(long)]
+    pub disabled: bool,
+    /// `manual` pools are used only when a request names them.
+    #[arg(long, value_enum, default_value_t = Mode::Automatic)]
+    pub assignment_mode: Mode,
+    /// Masquerade traffic leaving the pool (stored for the dataplane).
+    #[arg(long)]
+    pub nat_outgoing: bool,
+}
+
+/// `--allowed-uses` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Use {
+    /// Pod and container interfaces.
+    Workload,
+    /// Tunnel endpoints.
+    Tunnel,
+    /// Service load balancer addresses.
+    LoadBalancer,
+}
+
+/// `--assignment-mode` values.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum Mode {
+    /// Used by every automatic assignment.
+    Automatic,
+    /// Used only when named.
+    Manual,
+}
+
+/// A pool as printed: its name and Calico spec.
+#[derive(Debug, Serialize)]
+struct PoolView<'a> {
+    name: &'a str,
+    spec: &'a IpPool,
+}
+
+/// Runs a pool command.
+pub async fn run<D: Datastore>(
+    ipam: &Ipam<D>,
+    command: &PoolCommand,
+    format: Format,
+    out: &mut dyn Write,
+) -> Result<u8> {
+    match command {
+        PoolCommand::Create(args) => {
+            ipam.create_pool(&args.name, args.to_pool()).await?;
+            let created = ipam.get_pool(&args.name).await?;
+            print(out, format, &[created], true)?;
+        }
+        PoolCommand::List => print(out, format, &ipam.list_pools().await?, false)?,
+        PoolCommand::Get { name } => print(out, format, &[ipam.get_pool(name).await?], true)?,
+        PoolCommand::Delete { name, release } => {
+            let pool = ipam.get_pool(name).await?;
+            ipam.delete_pool(&pool.name, *release).await?;
+            let gone = serde_json::json!({ "deleted": pool.name });
+            emit(out, format, &gone, |w| {
+                writeln!(w, "pool {:?} ({}) deleted", pool.name, pool.value.cidr)
+            })?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+impl CreateArgs {
+    fn to_pool(&self) -> IpPool {
+        let mut pool = IpPool::new(self.cidr);
+        pool.block_size = self.block_size.unwrap_or(0);
+        pool.node_selector = self.node_selector.clone();
+        pool.disabled = self.disabled;
+        pool.nat_outgoing = self.nat_outgoing;
+        pool.allowed_uses = self
+            .allowed_uses
+            .iter()
+            .map(|u| match u {
+                Use::Workload => IntendedUse::Workload,
+                Use::Tunnel => IntendedUse::Tunnel,
+                Use::LoadBalancer => IntendedUse::LoadBalancer,
+            })
+            .collect();
+        pool.assignment_mode = match self.assignment_mode {
+            Mode::Automatic => None,
+            Mode::Manual => Some(AssignmentMode::Manual),
+        };
+        pool
+    }
+}
+
+/// Prints pools; `single` prints one object rather than a list in JSON and YAML.
+fn print(
+    out: &mut dyn Write,
+    format: Format,
+    pools: &[Stored<IpPool>],
+    single: bool,
+) -> Result<()> {
+    let views: Vec<PoolView<'_>> = pools
+        .iter()
+        .map(|p| PoolView {
+            name: &p.name,
+            spec: &p.value,
+        })
+        .collect();
+    let value = match (single, views.first()) {
+        (true, Some(v)) => serde_json::to_value(v),
+        _ => serde_json::to_value(&views),
+    }
+    .map_err(|e| super::CtlError::Serialize(e.to_string()))?;
+    emit(out, format, &value, |w| {
+        let rows = pools.iter().map(|p| {
+            let v = &p.value;
+            let uses: Vec<String> = if v.allowed_uses.is_empty() {
+                vec!["Workload".into(), "Tunnel".into()]
+            } else {
+                v.allowed_uses.iter().map(|u| format!("{u:?}")).collect()
+            };
+            [
+                p.name.clone(),
+                v.cidr.to_string(),
+                v.effective_block_size().to_string(),
+                if v.node_selector.is_empty() {
+                    "all()".into()
+                } else {
+                    v.node_selector.clone()
+                },
+                uses.join(","),
+                if v.is_manual() { "Manual" } else { "Automatic" }.into(),
+                v.disabled.to_string(),
+                or_dash(v.ipip_mode.as_deref().or(v.vxlan_mode.as_deref())),
+            ]
+        });
+        let header = [
+            "NAME",
+            "CIDR",
+            "BLOCK SIZE",
+            "SELECTOR",
+            "ALLOWED USES",
+            "ASSIGNMENT",
+            "DISABLED",
+            "ENCAP",
+        ];
+        w.write_all(table(&header, rows).as_bytes())
+    })
+}
