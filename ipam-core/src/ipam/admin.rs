@@ -28,7 +28,8 @@ impl<D: Datastore> Ipam<D> {
     /// ```
     pub async fn set_config(&self, config: IpamConfig) -> Result<()> {
         validate_config(&config)?;
-        self.retry("writing the IPAM config", async || {
+        let config = &config;
+        self.retry("writing the IPAM config", move || async move {
             match self.config_stored().await? {
                 Some(s) => {
                     self.store
@@ -70,7 +71,8 @@ impl<D: Datastore> Ipam<D> {
     /// Changes a pool's mutable fields (everything but CIDR and block size).
     pub async fn update_pool(&self, name: &str, pool: IpPool) -> Result<()> {
         validate_pool(name, &pool)?;
-        self.retry("updating a pool", async || {
+        let pool = &pool;
+        self.retry("updating a pool", move || async move {
             let old = self.get_pool(name).await?;
             if old.value.cidr != pool.cidr {
                 return Err(Error::PoolImmutable {
@@ -184,7 +186,7 @@ impl<D: Datastore> Ipam<D> {
     }
 
     async fn release_cooled_down_all(&self, cidr: BlockCidr) -> Result<()> {
-        self.retry("expiring cooldowns", async || {
+        self.retry("expiring cooldowns", move || async move {
             let Some(mut b) = self.block_by_cidr(&cidr.to_string()).await? else {
                 return Ok(());
             };

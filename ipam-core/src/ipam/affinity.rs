@@ -68,8 +68,9 @@ impl<D: Datastore> Ipam<D> {
         must_be_empty: bool,
     ) -> Result<()> {
         let name = affinity_name(node.as_str(), &block);
-        self.retry("releasing an affinity", async || {
-            let mut aff = match self.store.get::<BlockAffinity>(&name).await {
+        let name = &name;
+        self.retry("releasing an affinity", move || async move {
+            let mut aff = match self.store.get::<BlockAffinity>(name).await {
                 Ok(a) => a,
                 Err(StoreError::NotFound { .. }) => return Ok(()),
                 Err(e) => return Err(e.into()),
@@ -78,18 +79,18 @@ impl<D: Datastore> Ipam<D> {
             aff.value.state = AffinityState::PendingDeletion;
             aff.revision = self
                 .store
-                .update(&name, aff.value.clone(), &aff.revision)
+                .update(name, aff.value.clone(), &aff.revision)
                 .await?;
             if let Err(e) = self.unown_block(block, node, must_be_empty).await {
                 if matches!(e, Error::BlockNotEmpty { .. }) {
                     aff.value.state = before;
-                    self.store.update(&name, aff.value, &aff.revision).await?;
+                    self.store.update(name, aff.value, &aff.revision).await?;
                 }
                 return Err(e);
             }
             aff.value.deleted = true;
-            let rev = self.store.update(&name, aff.value, &aff.revision).await?;
-            ignore_gone(self.store.delete::<BlockAffinity>(&name, &rev).await)
+            let rev = self.store.update(name, aff.value, &aff.revision).await?;
+            ignore_gone(self.store.delete::<BlockAffinity>(name, &rev).await)
         })
         .await
     }
@@ -156,7 +157,8 @@ impl<D: Datastore> Ipam<D> {
         block: BlockCidr,
     ) -> Result<Stored<IpamBlock>> {
         let aff_name = affinity_name(node.as_str(), &block);
-        self.retry("claiming a block", async || {
+        let aff_name = &aff_name;
+        self.retry("claiming a block", move || async move {
             let pending = BlockAffinity {
                 cidr: block.net(),
                 node: node.to_string(),
@@ -164,14 +166,14 @@ impl<D: Datastore> Ipam<D> {
                 affinity_type: Some("host".into()),
                 deleted: false,
             };
-            let aff = match self.store.create(&aff_name, pending.clone()).await {
+            let aff = match self.store.create(aff_name, pending.clone()).await {
                 Ok(revision) => Stored {
                     name: aff_name.clone(),
                     revision,
                     value: pending,
                 },
                 Err(StoreError::AlreadyExists { .. }) => {
-                    self.store.get(&aff_name).await.map_err(gone_is_conflict)?
+                    self.store.get(aff_name).await.map_err(gone_is_conflict)?
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -181,7 +183,7 @@ impl<D: Datastore> Ipam<D> {
                     if aff.value.state == AffinityState::Pending {
                         let _ = self
                             .store
-                            .delete::<BlockAffinity>(&aff_name, &aff.revision)
+                            .delete::<BlockAffinity>(aff_name, &aff.revision)
                             .await;
                     }
                     return Err(e);
@@ -191,7 +193,7 @@ impl<D: Datastore> Ipam<D> {
                 let mut confirmed = aff.value;
                 confirmed.state = AffinityState::Confirmed;
                 self.store
-                    .update(&aff_name, confirmed, &aff.revision)
+                    .update(aff_name, confirmed, &aff.revision)
                     .await?;
             }
             Ok(created)
@@ -255,7 +257,7 @@ impl<D: Datastore> Ipam<D> {
         node: &NodeName,
         must_be_empty: bool,
     ) -> Result<()> {
-        self.retry("releasing a block", async || {
+        self.retry("releasing a block", move || async move {
             let mut b = match self.store.get::<IpamBlock>(&block.name()).await {
                 Ok(b) => b,
                 Err(StoreError::NotFound { .. }) => return Ok(()),

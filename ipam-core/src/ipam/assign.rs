@@ -156,34 +156,43 @@ impl<D: Datastore> Ipam<D> {
             released_at: None,
         };
         let ordinal = cidr.ordinal_of(ip).unwrap_or(0);
+        let (config, attr) = (&config, &attr);
         let mut known = None;
-        self.retry("assigning an address", async || {
-            let mut block = match self.store.get::<IpamBlock>(&cidr.name()).await {
-                Ok(b) => b,
-                Err(StoreError::NotFound { .. }) => self.claim_block(node, cidr).await?,
-                Err(e) => return Err(e.into()),
-            };
-            if let Some(owner) = block.value.host().filter(|h| *h != node.as_str()) {
-                if config.strict_affinity {
-                    return Err(Error::StrictAffinity {
-                        ip,
-                        block: cidr.net(),
-                        owner: owner.to_owned(),
-                    });
+        self.retry_with(
+            "assigning an address",
+            &mut known,
+            move |known| async move {
+                let result = async {
+                    let mut block = match self.store.get::<IpamBlock>(&cidr.name()).await {
+                        Ok(b) => b,
+                        Err(StoreError::NotFound { .. }) => self.claim_block(node, cidr).await?,
+                        Err(e) => return Err(e.into()),
+                    };
+                    if let Some(owner) = block.value.host().filter(|h| *h != node.as_str()) {
+                        if config.strict_affinity {
+                            return Err(Error::StrictAffinity {
+                                ip,
+                                block: cidr.net(),
+                                owner: owner.to_owned(),
+                            });
+                        }
+                    }
+                    block
+                        .value
+                        .fold_cooldown(self.now(), config.ip_cooldown_seconds);
+                    if !block.value.assign_ordinal(ordinal, attr) {
+                        let handle = block
+                            .value
+                            .attribute_of(ordinal)
+                            .and_then(|a| a.handle_id.clone());
+                        return Err(Error::AlreadyAssigned { ip, handle });
+                    }
+                    self.write_assignment(block, attr, 1, known).await
                 }
-            }
-            block
-                .value
-                .fold_cooldown(self.now(), config.ip_cooldown_seconds);
-            if !block.value.assign_ordinal(ordinal, &attr) {
-                let handle = block
-                    .value
-                    .attribute_of(ordinal)
-                    .and_then(|a| a.handle_id.clone());
-                return Err(Error::AlreadyAssigned { ip, handle });
-            }
-            self.write_assignment(block, &attr, 1, &mut known).await
-        })
+                .await;
+                (known, result)
+            },
+        )
         .await?;
         Ok(cidr.addr_net(ordinal))
     }
@@ -294,35 +303,44 @@ impl<D: Datastore> Ipam<D> {
         n: u32,
         owner: Option<&NodeName>,
     ) -> Result<Vec<IpNet>> {
-        let name = first.name.clone();
-        let mut current = Some(first);
-        self.retry("assigning from a block", async || {
-            let mut block = match current.take() {
-                Some(b) => b,
-                None => match self.store.get::<IpamBlock>(&name).await {
-                    Ok(b) => b,
-                    Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
-                    Err(e) => return Err(e.into()),
-                },
-            };
-            if owner.is_some_and(|o| block.value.host() != Some(o.as_str())) {
-                return Ok(Vec::new());
-            }
-            let cidr = block.value.block_cidr()?;
-            block
-                .value
-                .fold_cooldown(self.now(), req.config.ip_cooldown_seconds);
-            let reservations = &req.reservations;
-            let skip =
-                |o: u32| !reservations.is_empty() && reservations.covering(cidr.addr(o)).is_some();
-            let ordinals = block.value.assign(n, &req.attr, skip);
-            if ordinals.is_empty() {
-                return Ok(Vec::new());
-            }
-            self.write_assignment(block, &req.attr, ordinals.len() as u32, &mut req.handle)
-                .await?;
-            Ok(ordinals.iter().map(|&o| cidr.addr_net(o)).collect())
-        })
+        let name = &first.name.clone();
+        let state = (Some(first), req);
+        self.retry_with(
+            "assigning from a block",
+            state,
+            move |(mut current, req)| async move {
+                let result = async {
+                    let mut block = match current.take() {
+                        Some(b) => b,
+                        None => match self.store.get::<IpamBlock>(name).await {
+                            Ok(b) => b,
+                            Err(StoreError::NotFound { .. }) => return Ok(Vec::new()),
+                            Err(e) => return Err(e.into()),
+                        },
+                    };
+                    if owner.is_some_and(|o| block.value.host() != Some(o.as_str())) {
+                        return Ok(Vec::new());
+                    }
+                    let cidr = block.value.block_cidr()?;
+                    block
+                        .value
+                        .fold_cooldown(self.now(), req.config.ip_cooldown_seconds);
+                    let reservations = &req.reservations;
+                    let skip = |o: u32| {
+                        !reservations.is_empty() && reservations.covering(cidr.addr(o)).is_some()
+                    };
+                    let ordinals = block.value.assign(n, &req.attr, skip);
+                    if ordinals.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    self.write_assignment(block, &req.attr, ordinals.len() as u32, &mut req.handle)
+                        .await?;
+                    Ok(ordinals.iter().map(|&o| cidr.addr_net(o)).collect())
+                }
+                .await;
+                ((None, req), result)
+            },
+        )
         .await
     }
 
@@ -359,7 +377,7 @@ impl<D: Datastore> Ipam<D> {
         req: &mut Request<'_>,
         family: Family,
         n: u32,
-        in_pools: &dyn Fn(&IpNet) -> bool,
+        in_pools: &(dyn Fn(&IpNet) -> bool + Sync),
     ) -> Result<Vec<IpNet>> {
         let mut blocks: Vec<Stored<IpamBlock>> = self
             .store

@@ -19,35 +19,39 @@ impl<D: Datastore> Ipam<D> {
         n: u32,
         known: &mut Option<Stored<IpamHandle>>,
     ) -> Result<()> {
-        self.retry("updating a handle", async || {
-            let (mut value, revision) = match known.take() {
-                Some(s) => (s.value, Some(s.revision)),
-                None => (IpamHandle::new(handle), None),
-            };
-            *value.block.entry(block.to_owned()).or_default() += n;
-            let written = match &revision {
-                Some(rev) => self.store.update(handle, value.clone(), rev).await,
-                None => self.store.create(handle, value.clone()).await,
-            };
-            match written {
-                Ok(rev) => {
-                    *known = Some(Stored {
-                        name: handle.to_owned(),
-                        revision: rev,
-                        value,
-                    });
-                    Ok(())
+        self.retry_with("updating a handle", known, move |known| async move {
+            let result = async {
+                let (mut value, revision) = match known.take() {
+                    Some(s) => (s.value, Some(s.revision)),
+                    None => (IpamHandle::new(handle), None),
+                };
+                *value.block.entry(block.to_owned()).or_default() += n;
+                let written = match &revision {
+                    Some(rev) => self.store.update(handle, value.clone(), rev).await,
+                    None => self.store.create(handle, value.clone()).await,
+                };
+                match written {
+                    Ok(rev) => {
+                        *known = Some(Stored {
+                            name: handle.to_owned(),
+                            revision: rev,
+                            value,
+                        });
+                        Ok(())
+                    }
+                    Err(
+                        StoreError::AlreadyExists { .. }
+                        | StoreError::Conflict { .. }
+                        | StoreError::NotFound { .. },
+                    ) => {
+                        *known = self.handle_if_present(handle).await?;
+                        Err(StoreError::conflict::<IpamHandle>(handle).into())
+                    }
+                    Err(e) => Err(e.into()),
                 }
-                Err(
-                    StoreError::AlreadyExists { .. }
-                    | StoreError::Conflict { .. }
-                    | StoreError::NotFound { .. },
-                ) => {
-                    *known = self.handle_if_present(handle).await?;
-                    Err(StoreError::conflict::<IpamHandle>(handle).into())
-                }
-                Err(e) => Err(e.into()),
             }
+            .await;
+            (known, result)
         })
         .await
     }
@@ -55,7 +59,7 @@ impl<D: Datastore> Ipam<D> {
     /// Removes `n` addresses in `block` from `handle`, deleting the handle when it holds
     /// nothing. A missing handle is not an error: there is nothing left to count.
     pub(crate) async fn decrement_handle(&self, handle: &str, block: &str, n: u32) -> Result<()> {
-        self.retry("updating a handle", async || {
+        self.retry("updating a handle", move || async move {
             let Some(mut s) = self.handle_if_present(handle).await? else {
                 return Ok(());
             };

@@ -12,6 +12,7 @@ mod release;
 mod usage;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -71,13 +72,39 @@ impl<D: Datastore> Ipam<D> {
 
     /// Runs `attempt` until it returns anything but a CAS conflict, at most
     /// [`MAX_ATTEMPTS`] times. Conflicts never escape: exhaustion is its own error.
-    pub(crate) async fn retry<T>(
+    ///
+    /// Attempts are closures returning futures (not async closures) so that every
+    /// operation's future is `Send` and can be spawned on a multi-threaded runtime.
+    pub(crate) async fn retry<T, Fut>(
         &self,
         operation: &'static str,
-        mut attempt: impl AsyncFnMut() -> Result<T>,
-    ) -> Result<T> {
+        mut attempt: impl FnMut() -> Fut,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        self.retry_with(operation, (), move |()| {
+            let fut = attempt();
+            async move { ((), fut.await) }
+        })
+        .await
+    }
+
+    /// [`Ipam::retry`] for attempts that carry state from one try to the next: each attempt
+    /// takes `state` and hands it back with its result.
+    pub(crate) async fn retry_with<S, T, Fut>(
+        &self,
+        operation: &'static str,
+        mut state: S,
+        mut attempt: impl FnMut(S) -> Fut,
+    ) -> Result<T>
+    where
+        Fut: Future<Output = (S, Result<T>)>,
+    {
         for _ in 0..MAX_ATTEMPTS {
-            match attempt().await {
+            let (back, result) = attempt(state).await;
+            state = back;
+            match result {
                 Err(Error::Store(e)) if e.is_conflict() => continue,
                 other => return other,
             }

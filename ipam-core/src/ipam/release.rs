@@ -95,26 +95,34 @@ impl<D: Datastore> Ipam<D> {
     pub async fn release_by_handle(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
         let cooldown = self.get_config().await?.ip_cooldown_seconds;
         let mut released = Vec::new();
-        let mut first = true;
-        self.retry("releasing a handle", async || {
-            let Some(h) = self.handle_if_present(handle.as_str()).await? else {
-                return if std::mem::take(&mut first) {
-                    Err(Error::HandleNotFound {
-                        handle: handle.to_string(),
-                    })
-                } else {
-                    Ok(())
-                };
-            };
-            first = false;
-            for cidr in h.value.block.keys() {
-                released.extend(
-                    self.release_handle_in_block(cidr, handle.as_str(), cooldown)
-                        .await?,
-                );
-            }
-            self.delete_handle(h).await
-        })
+        let state = (true, &mut released);
+        self.retry_with(
+            "releasing a handle",
+            state,
+            move |(mut first, released)| async move {
+                let result = async {
+                    let Some(h) = self.handle_if_present(handle.as_str()).await? else {
+                        return if std::mem::take(&mut first) {
+                            Err(Error::HandleNotFound {
+                                handle: handle.to_string(),
+                            })
+                        } else {
+                            Ok(())
+                        };
+                    };
+                    first = false;
+                    for cidr in h.value.block.keys() {
+                        released.extend(
+                            self.release_handle_in_block(cidr, handle.as_str(), cooldown)
+                                .await?,
+                        );
+                    }
+                    self.delete_handle(h).await
+                }
+                .await;
+                ((first, released), result)
+            },
+        )
         .await?;
         Ok(released)
     }
@@ -170,7 +178,7 @@ impl<D: Datastore> Ipam<D> {
     /// Returns the addresses of one block whose cooldown has passed to the free queue.
     pub async fn release_cooled_down(&self, block: BlockCidr) -> Result<Vec<IpAddr>> {
         let cooldown = self.get_config().await?.ip_cooldown_seconds;
-        self.retry("expiring cooldowns", async || {
+        self.retry("expiring cooldowns", move || async move {
             let Some(mut b) = self.block_by_cidr(&block.to_string()).await? else {
                 return Ok(Vec::new());
             };
@@ -248,7 +256,7 @@ impl<D: Datastore> Ipam<D> {
         handle: &str,
         cooldown: u32,
     ) -> Result<Vec<IpNet>> {
-        self.retry("releasing a handle's addresses", async || {
+        self.retry("releasing a handle's addresses", move || async move {
             let Some(mut b) = self.block_by_cidr(cidr).await? else {
                 return Ok(Vec::new());
             };
