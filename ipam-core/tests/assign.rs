@@ -89,7 +89,7 @@ fn released_addresses_are_reused_oldest_first() {
         assert_eq!(b.addr(0), base);
         assert_eq!(
             addrs(&next.ipv4),
-            vec![b.addr(6), b.addr(7), ips[3], ips[1]]
+            [b.addr(6), b.addr(7), ips[3], ips[1]]
                 .iter()
                 .map(|a| a.to_string())
                 .collect::<Vec<_>>()
