@@ -47,13 +47,13 @@ pub struct CreateArgs {
     #[arg(long, default_value = "")]
     pub node_selector: String,
     /// What addresses may be used for (default Workload,Tunnel).
-    #[arg(long, value_enum, value_delimiter = ',')]
+    #[arg(long, value_enum, value_delimiter = ',', ignore_case = true)]
     pub allowed_uses: Vec<Use>,
     /// Create the pool disabled: it hands out nothing new.
     #[arg(long)]
     pub disabled: bool,
     /// `manual` pools are used only when a request names them.
-    #[arg(long, value_enum, default_value_t = Mode::Automatic)]
+    #[arg(long, value_enum, default_value_t = Mode::Automatic, ignore_case = true)]
     pub assignment_mode: Mode,
     /// Masquerade traffic leaving the pool (stored for the dataplane).
     #[arg(long)]
@@ -64,10 +64,13 @@ pub struct CreateArgs {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Use {
     /// Pod and container interfaces.
+    #[value(name = "Workload")]
     Workload,
     /// Tunnel endpoints.
+    #[value(name = "Tunnel")]
     Tunnel,
     /// Service load balancer addresses.
+    #[value(name = "LoadBalancer", alias = "load-balancer")]
     LoadBalancer,
 }
 
@@ -75,8 +78,10 @@ pub enum Use {
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Mode {
     /// Used by every automatic assignment.
+    #[value(name = "Automatic")]
     Automatic,
     /// Used only when named.
+    #[value(name = "Manual")]
     Manual,
 }
 

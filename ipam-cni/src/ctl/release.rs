@@ -24,7 +24,12 @@ const BATCH: usize = 64;
 
 /// `release` options.
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("what").required(true).args(["ip", "handle", "from_report"])))]
+#[command(group(
+    clap::ArgGroup::new("what")
+        .required(true)
+        .multiple(true)
+        .args(["ip", "handle", "from_report"])
+))]
 pub struct ReleaseArgs {
     /// The address to release.
     #[arg(long, value_name = "ADDR", conflicts_with = "from_report")]
