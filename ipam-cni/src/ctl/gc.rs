@@ -109,11 +109,13 @@ pub async fn run<D: Datastore>(
     let mut done = 0u64;
     loop {
         let report = pass(ipam, &mut state, args.grace, OffsetDateTime::now_utc()).await?;
+        // What was done is printed before the state is saved, so a failing save cannot
+        // hide it.
+        emit(out, format, &report, |w| print(w, &report))?;
+        out.flush().map_err(CtlError::Output)?;
         if let Some(p) = &path {
             save_state(p, &state)?;
         }
-        emit(out, format, &report, |w| print(w, &report))?;
-        out.flush().map_err(CtlError::Output)?;
         done += 1;
         let Some(interval) = args.interval else { break };
         if args.passes.is_some_and(|n| done >= n) {
