@@ -217,6 +217,15 @@ impl IpamBlock {
         due.into_iter().map(|(_, o)| o).collect()
     }
 
+    /// Whether an assignment at `now` could find a free ordinal: one in the queue, or one
+    /// whose cooldown of `cooldown_seconds` has passed and would be folded back first.
+    pub fn has_free_at(&self, now: OffsetDateTime, cooldown_seconds: u32) -> bool {
+        !self.unallocated.is_empty() || {
+            let mut probe = self.clone();
+            !probe.fold_cooldown(now, cooldown_seconds).is_empty()
+        }
+    }
+
     /// Checks the block's internal consistency; each problem is one sentence.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();

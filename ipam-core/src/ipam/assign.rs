@@ -379,6 +379,7 @@ impl<D: Datastore> Ipam<D> {
         n: u32,
         in_pools: &(dyn Fn(&IpNet) -> bool + Sync),
     ) -> Result<Vec<IpNet>> {
+        let now = self.now();
         let mut blocks: Vec<Stored<IpamBlock>> = self
             .store
             .list::<IpamBlock>(Scope::All)
@@ -387,7 +388,7 @@ impl<D: Datastore> Ipam<D> {
             .filter(|b| {
                 Family::of(&b.value.cidr) == family
                     && in_pools(&b.value.cidr)
-                    && !b.value.unallocated.is_empty()
+                    && b.value.has_free_at(now, req.config.ip_cooldown_seconds)
             })
             .collect();
         if blocks.is_empty() {
