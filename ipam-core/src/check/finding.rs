@@ -30,7 +30,7 @@ pub enum Finding {
         /// The owners in those blocks, in the same order.
         handles: Vec<Option<String>>,
     },
-    /// A block's own arrays disagree (see [`IpamBlock::problems`]).
+    /// A block's own arrays disagree (see [`IpamBlock::problems`](crate::model::IpamBlock::problems)).
     #[serde(rename_all = "camelCase")]
     BlockInconsistent {
         /// The block.
