@@ -75,6 +75,14 @@ impl<D: Datastore> Ipam<D> {
                 Err(StoreError::NotFound { .. }) => return Ok(()),
                 Err(e) => return Err(e.into()),
             };
+            if must_be_empty {
+                // Refuse before writing anything; the check in `unown_block` still guards
+                // against an assignment that lands in between.
+                let b = self.block_by_cidr(&block.to_string()).await?;
+                if b.is_some_and(|b| b.value.host() == Some(node.as_str()) && !b.value.is_empty()) {
+                    return Err(Error::BlockNotEmpty { block: block.net() });
+                }
+            }
             let before = aff.value.state;
             aff.value.state = AffinityState::PendingDeletion;
             aff.revision = self
