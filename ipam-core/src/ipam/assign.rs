@@ -114,10 +114,17 @@ impl<D: Datastore> Ipam<D> {
             handle: None,
         };
         let mut out = Assigned::default();
-        for (family, num, requested) in [
+        let families = [
             (Family::V4, args.num4, &args.pools4),
             (Family::V6, args.num6, &args.pools6),
-        ] {
+        ];
+        // A request no pool can serve fails before either family claims or takes anything.
+        for (family, num, requested) in families {
+            if num > 0 {
+                precheck(&snapshot, args, family, num, requested)?;
+            }
+        }
+        for (family, num, requested) in families {
             if num == 0 {
                 continue;
             }
@@ -482,6 +489,32 @@ pub(crate) fn candidate_pools<'p>(
         });
     }
     Ok(out)
+}
+
+/// Refuses a request that no pool can serve or that exceeds what the pools could ever hold.
+fn precheck(
+    snapshot: &NodeSnapshot,
+    args: &AutoAssignArgs,
+    family: Family,
+    num: u32,
+    requested: &[String],
+) -> Result<()> {
+    let pools = candidate_pools(&snapshot.pools, family, requested, args)?;
+    let capacity: u128 = pools.iter().map(|p| pool_capacity(&p.value.cidr)).sum();
+    if u128::from(num) > capacity {
+        return Err(Error::PoolExhausted {
+            family: family.name(),
+            requested: num,
+            available: u32::try_from(capacity).unwrap_or(u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+/// Addresses in a pool, saturating for IPv6 pools larger than 2^127.
+fn pool_capacity(net: &IpNet) -> u128 {
+    let bits = u32::from(net.max_prefix_len() - net.prefix_len());
+    1u128.checked_shl(bits).unwrap_or(u128::MAX)
 }
 
 fn names_pool(requested: &str, pool: &Stored<IpPool>) -> bool {
