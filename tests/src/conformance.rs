@@ -1,1 +1,694 @@
 //! The datastore conformance suite: one set of checks for every `Datastore`.
+//!
+//! Each check is a public async function that takes a fresh, empty store and panics on the
+//! first broken promise of the contract in `ipam_core::store`. [`datastore_conformance!`]
+//! expands to one `#[tokio::test]` per check for a given store constructor, so a backend
+//! runs the whole suite with one line:
+//!
+//! ```ignore
+//! mod sqlite {
+//!     // The expression is evaluated once per test; the second element is kept alive for
+//!     // the test's duration (a temporary directory, a server guard, or `()`).
+//!     ipam_tests::datastore_conformance!((ipam_core::MemoryStore::new(), ()));
+//! }
+//! ```
+//!
+//! [`datastore_conformance!`]: crate::datastore_conformance
+
+// A failed unwrap here is a failed check, which is the point of this module.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_core::{
+    AffinityState, AllocationAttribute, BlockAffinity, BlockCidr, Datastore, IpPool, IpReservation,
+    IpamBlock, IpamConfig, IpamHandle, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+};
+use tokio::sync::Barrier;
+
+/// Expands to one `#[tokio::test]` per conformance check. `$make` is an expression, evaluated
+/// in each test (it may `.await`), giving `(store, guard)`: a fresh empty store and whatever
+/// must live as long as it.
+#[macro_export]
+macro_rules! datastore_conformance {
+    ($make:expr) => {
+        $crate::datastore_conformance!(@checks $make;
+            crud_every_kind,
+            revisions_never_repeat,
+            cas_conflicts_leave_the_object_alone,
+            soft_deleted_objects_are_absent,
+            node_scoped_listing,
+            concurrent_writers_one_winner_per_round,
+            concurrent_counter_counts_every_success,
+            large_blocks_round_trip,
+            operation_counters,
+            node_snapshot_matches_reads,
+        );
+    };
+    (@checks $make:expr; $($check:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $check() {
+                let (store, _guard) = $make;
+                $crate::conformance::$check(store).await;
+            }
+        )*
+    };
+}
+
+/// The error a failing call must return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Want {
+    NotFound,
+    AlreadyExists,
+    Conflict,
+}
+
+/// Asserts `r` failed with `want` for an object of kind `R` named `name`.
+#[track_caller]
+fn assert_err<R: Resource, T: Debug>(r: Result<T, StoreError>, want: Want, name: &str) {
+    let (kind, got_name) = match (&r, want) {
+        (Err(StoreError::NotFound { kind, name }), Want::NotFound)
+        | (Err(StoreError::AlreadyExists { kind, name }), Want::AlreadyExists)
+        | (Err(StoreError::Conflict { kind, name }), Want::Conflict) => (*kind, name.as_str()),
+        _ => panic!("{} {name:?}: expected {want:?}, got {r:?}", R::KIND),
+    };
+    assert_eq!((kind, got_name), (R::KIND, name), "error names the object");
+}
+
+fn stored<R>(name: &str, revision: &Revision, value: &R) -> Stored<R>
+where
+    R: Clone,
+{
+    Stored {
+        name: name.to_owned(),
+        revision: revision.clone(),
+        value: value.clone(),
+    }
+}
+
+fn block_cidr(s: &str) -> BlockCidr {
+    BlockCidr::new(s.parse().expect("test CIDR parses")).expect("test CIDR is a block")
+}
+
+fn block(cidr: &str, affinity: Option<&str>) -> (String, IpamBlock) {
+    let c = block_cidr(cidr);
+    (
+        c.name(),
+        IpamBlock::new(c, affinity.map(str::to_owned), 1, None),
+    )
+}
+
+fn affinity(node: &str, cidr: &str, state: AffinityState) -> (String, BlockAffinity) {
+    let value = BlockAffinity {
+        cidr: cidr.parse().expect("test CIDR parses"),
+        node: node.to_owned(),
+        state,
+        affinity_type: Some("host".to_owned()),
+        deleted: false,
+    };
+    (format!("{node}-{}", block_cidr(cidr).name()), value)
+}
+
+fn handle_with(name: &str, count: u32) -> IpamHandle {
+    let mut h = IpamHandle::new(name);
+    h.block.insert("10.0.0.0/26".to_owned(), count);
+    h
+}
+
+/// The whole get/create/update/delete cycle on one kind: `a` then `b` under `name`.
+pub async fn crud_kind<D: Datastore, R: Resource + PartialEq>(store: &D, name: &str, a: R, b: R) {
+    assert_err::<R, _>(store.get::<R>(name).await, Want::NotFound, name);
+    assert!(store.list::<R>(Scope::All).await.unwrap().is_empty());
+    let r1 = store.create(name, a.clone()).await.unwrap();
+    assert_eq!(store.get::<R>(name).await.unwrap(), stored(name, &r1, &a));
+    assert_eq!(
+        store.list::<R>(Scope::All).await.unwrap(),
+        vec![stored(name, &r1, &a)]
+    );
+    assert_err::<R, _>(
+        store.create(name, b.clone()).await,
+        Want::AlreadyExists,
+        name,
+    );
+    let r2 = store.update(name, b.clone(), &r1).await.unwrap();
+    assert_ne!(r1, r2, "an update moves the revision");
+    assert_eq!(store.get::<R>(name).await.unwrap(), stored(name, &r2, &b));
+    assert_err::<R, _>(
+        store.update(name, a.clone(), &r1).await,
+        Want::Conflict,
+        name,
+    );
+    assert_err::<R, _>(store.delete::<R>(name, &r1).await, Want::Conflict, name);
+    assert_eq!(store.get::<R>(name).await.unwrap(), stored(name, &r2, &b));
+    store.delete::<R>(name, &r2).await.unwrap();
+    assert_err::<R, _>(store.get::<R>(name).await, Want::NotFound, name);
+    assert!(store.list::<R>(Scope::All).await.unwrap().is_empty());
+    assert_err::<R, _>(store.delete::<R>(name, &r2).await, Want::NotFound, name);
+    assert_err::<R, _>(
+        store.update(name, b.clone(), &r2).await,
+        Want::NotFound,
+        name,
+    );
+    let r3 = store.create(name, a.clone()).await.unwrap();
+    assert!(
+        r3 != r1 && r3 != r2,
+        "a re-created object gets a new revision"
+    );
+    assert_eq!(store.get::<R>(name).await.unwrap(), stored(name, &r3, &a));
+}
+
+/// get/list/create/update/delete, NotFound, AlreadyExists and Conflict on all six kinds.
+pub async fn crud_every_kind<D: Datastore>(store: D) {
+    let s = &store;
+    let mut pool_b = IpPool::new("10.0.0.0/16".parse().unwrap());
+    pool_b.block_size = 24;
+    pool_b.disabled = true;
+    crud_kind(
+        s,
+        "pool-1",
+        IpPool::new("10.0.0.0/16".parse().unwrap()),
+        pool_b,
+    )
+    .await;
+    let (name, a) = block("10.0.0.0/26", Some("host:n1"));
+    let mut b = a.clone();
+    b.assign(2, &AllocationAttribute::default(), |_| false);
+    crud_kind(s, &name, a, b).await;
+    let (name, a) = affinity("n1", "10.0.0.0/26", AffinityState::Pending);
+    let b = BlockAffinity {
+        state: AffinityState::Confirmed,
+        ..a.clone()
+    };
+    crud_kind(s, &name, a, b).await;
+    crud_kind(s, "h1", IpamHandle::new("h1"), handle_with("h1", 3)).await;
+    let strict = IpamConfig {
+        strict_affinity: true,
+        ..IpamConfig::default()
+    };
+    crud_kind(s, IpamConfig::NAME, IpamConfig::default(), strict).await;
+    let r = |c: &[&str]| IpReservation {
+        reserved_cidrs: c.iter().map(|s| s.to_string()).collect(),
+    };
+    crud_kind(s, "res", r(&["10.0.0.1"]), r(&["10.0.0.1", "10.1.0.0/24"])).await;
+}
+
+/// Every successful write returns a revision never seen before, across objects and across a
+/// delete and re-create of the same name; reads return the revision of the last write.
+pub async fn revisions_never_repeat<D: Datastore>(store: D) {
+    let mut seen = HashSet::new();
+    let mut fresh = |r: Revision| {
+        assert!(seen.insert(r.clone()), "revision {r} handed out twice");
+        r
+    };
+    for round in 0..5u32 {
+        for name in ["a", "b"] {
+            let r = fresh(store.create(name, handle_with(name, round)).await.unwrap());
+            let r = fresh(store.update(name, handle_with(name, 99), &r).await.unwrap());
+            let mut dead = handle_with(name, 99);
+            dead.deleted = true;
+            let r = fresh(store.update(name, dead, &r).await.unwrap());
+            store.delete::<IpamHandle>(name, &r).await.unwrap();
+        }
+        // Another kind with the same name shares nothing but must not reuse numbers either.
+        let r = fresh(
+            store
+                .create("a", IpPool::new("10.0.0.0/16".parse().unwrap()))
+                .await
+                .unwrap(),
+        );
+        assert_eq!(store.get::<IpPool>("a").await.unwrap().revision, r);
+        store.delete::<IpPool>("a", &r).await.unwrap();
+    }
+    assert_eq!(seen.len(), 5 * 7);
+}
+
+/// Two writers that read the same revision: the first wins, the second conflicts on both
+/// update and delete, and the loser's value is nowhere.
+pub async fn cas_conflicts_leave_the_object_alone<D: Datastore>(store: D) {
+    let r0 = store.create("h", handle_with("h", 1)).await.unwrap();
+    let first = store.get::<IpamHandle>("h").await.unwrap();
+    let second = store.get::<IpamHandle>("h").await.unwrap();
+    assert_eq!(first.revision, r0);
+    let r1 = store
+        .update("h", handle_with("h", 2), &first.revision)
+        .await
+        .unwrap();
+    assert_err::<IpamHandle, _>(
+        store
+            .update("h", handle_with("h", 3), &second.revision)
+            .await,
+        Want::Conflict,
+        "h",
+    );
+    assert_err::<IpamHandle, _>(
+        store.delete::<IpamHandle>("h", &second.revision).await,
+        Want::Conflict,
+        "h",
+    );
+    assert_err::<IpamHandle, _>(
+        store
+            .update(
+                "h",
+                handle_with("h", 3),
+                &Revision("no-such-revision".into()),
+            )
+            .await,
+        Want::Conflict,
+        "h",
+    );
+    assert_eq!(
+        store.get::<IpamHandle>("h").await.unwrap(),
+        stored("h", &r1, &handle_with("h", 2))
+    );
+    // A revision of another object is no key to this one.
+    let other = store
+        .create("other", handle_with("other", 1))
+        .await
+        .unwrap();
+    assert_err::<IpamHandle, _>(
+        store.delete::<IpamHandle>("h", &other).await,
+        Want::Conflict,
+        "h",
+    );
+    store.delete::<IpamHandle>("h", &r1).await.unwrap();
+}
+
+/// Soft-deleted objects of one kind: absent to get, list and node lists; an update of one
+/// is NotFound; create replaces it; delete removes it only at its own revision.
+pub async fn soft_deleted_kind<D: Datastore, R: Resource + PartialEq>(
+    store: &D,
+    name: &str,
+    live: R,
+    dead: R,
+    node: Option<&str>,
+) {
+    assert!(dead.is_deleted() && !live.is_deleted());
+    let listed = async || {
+        let all = store.list::<R>(Scope::All).await.unwrap();
+        let on_node = match node {
+            Some(n) => store.list::<R>(Scope::Node(n)).await.unwrap(),
+            None => Vec::new(),
+        };
+        (all, on_node)
+    };
+    let r1 = store.create(name, live.clone()).await.unwrap();
+    let (all, on_node) = listed().await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(on_node.len(), usize::from(node.is_some()));
+    let r2 = store.update(name, dead.clone(), &r1).await.unwrap();
+    assert_err::<R, _>(store.get::<R>(name).await, Want::NotFound, name);
+    assert_eq!(
+        listed().await,
+        (vec![], vec![]),
+        "soft-deleted objects are not listed"
+    );
+    assert_err::<R, _>(
+        store.update(name, live.clone(), &r2).await,
+        Want::NotFound,
+        name,
+    );
+    // Create replaces it, with a new revision; the soft-deleted revision no longer deletes.
+    let r3 = store.create(name, live.clone()).await.unwrap();
+    assert!(r3 != r1 && r3 != r2);
+    assert_eq!(
+        store.get::<R>(name).await.unwrap(),
+        stored(name, &r3, &live)
+    );
+    assert_err::<R, _>(store.delete::<R>(name, &r2).await, Want::Conflict, name);
+    // The usual end of life: soft-delete, then delete at the soft-deleted revision.
+    let r4 = store.update(name, dead, &r3).await.unwrap();
+    assert_err::<R, _>(store.delete::<R>(name, &r3).await, Want::Conflict, name);
+    store.delete::<R>(name, &r4).await.unwrap();
+    assert_err::<R, _>(store.delete::<R>(name, &r4).await, Want::NotFound, name);
+    assert_err::<R, _>(store.get::<R>(name).await, Want::NotFound, name);
+}
+
+/// [`soft_deleted_kind`] for the three kinds that carry a `deleted` flag.
+pub async fn soft_deleted_objects_are_absent<D: Datastore>(store: D) {
+    let (name, live) = block("10.0.0.0/26", Some("host:n1"));
+    let dead = IpamBlock {
+        deleted: true,
+        ..live.clone()
+    };
+    soft_deleted_kind(&store, &name, live, dead, Some("n1")).await;
+    let (name, live) = affinity("n1", "10.0.0.0/26", AffinityState::Confirmed);
+    let dead = BlockAffinity {
+        deleted: true,
+        ..live.clone()
+    };
+    soft_deleted_kind(&store, &name, live, dead, Some("n1")).await;
+    let live = handle_with("h", 1);
+    let dead = IpamHandle {
+        deleted: true,
+        ..live.clone()
+    };
+    soft_deleted_kind(&store, "h", live, dead, None).await;
+}
+
+async fn names<D: Datastore, R: Resource>(store: &D, scope: Scope<'_>) -> Vec<String> {
+    let list = store.list::<R>(scope).await.unwrap();
+    list.into_iter().map(|s| s.name).collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// `Scope::Node` lists blocks by their `host:` affinity and affinities by node, sorted by
+/// name, and follows objects that move to another node, lose their affinity or are deleted.
+pub async fn node_scoped_listing<D: Datastore>(store: D) {
+    let s = &store;
+    let mut revs = BTreeMap::new();
+    let specs = [
+        ("10.0.0.0/26", Some("host:a")),
+        ("10.0.0.64/26", Some("host:b")),
+        ("10.0.0.128/26", Some("virtual:a")),
+        ("10.0.0.192/26", None),
+        ("10.0.1.0/26", Some("host:a")),
+    ];
+    let mut blocks = BTreeMap::new();
+    for (cidr, aff) in specs {
+        let (name, b) = block(cidr, aff);
+        revs.insert(name.clone(), s.create(&name, b.clone()).await.unwrap());
+        blocks.insert(cidr, (name, b));
+    }
+    let bname = |c: &str| blocks[c].0.clone();
+    let node_blocks = async |n: &str| names::<D, IpamBlock>(s, Scope::Node(n)).await;
+    assert_eq!(
+        node_blocks("a").await,
+        sorted(vec![bname("10.0.0.0/26"), bname("10.0.1.0/26")])
+    );
+    assert_eq!(node_blocks("b").await, vec![bname("10.0.0.64/26")]);
+    assert!(node_blocks("c").await.is_empty());
+    assert_eq!(
+        names::<D, IpamBlock>(s, Scope::All).await,
+        sorted(blocks.values().map(|(n, _)| n.clone()).collect())
+    );
+    // Full values come back from a node list, not only names.
+    let listed = s.list::<IpamBlock>(Scope::Node("b")).await.unwrap();
+    let (n, b) = &blocks["10.0.0.64/26"];
+    assert_eq!(listed, vec![stored(n, &revs[n], b)]);
+
+    // A block moves from a to b, then b's own block loses its affinity, then one is deleted.
+    let (n, b) = &blocks["10.0.0.0/26"];
+    let moved = IpamBlock {
+        affinity: Some("host:b".into()),
+        ..b.clone()
+    };
+    s.update(n, moved, &revs[n]).await.unwrap();
+    let (n, b) = &blocks["10.0.0.64/26"];
+    let freed = IpamBlock {
+        affinity: None,
+        ..b.clone()
+    };
+    s.update(n, freed, &revs[n]).await.unwrap();
+    let n = bname("10.0.1.0/26");
+    s.delete::<IpamBlock>(&n, &revs[&n]).await.unwrap();
+    assert!(node_blocks("a").await.is_empty());
+    assert_eq!(node_blocks("b").await, vec![bname("10.0.0.0/26")]);
+
+    // Affinities by node, through a move and a soft delete.
+    let mut arevs = BTreeMap::new();
+    for (node, cidr) in [
+        ("a", "10.0.0.0/26"),
+        ("a", "10.0.1.0/26"),
+        ("b", "10.0.0.64/26"),
+    ] {
+        let (name, v) = affinity(node, cidr, AffinityState::Confirmed);
+        arevs.insert(name.clone(), (s.create(&name, v.clone()).await.unwrap(), v));
+    }
+    let node_affs = async |n: &str| names::<D, BlockAffinity>(s, Scope::Node(n)).await;
+    let aname = |n: &str, c: &str| affinity(n, c, AffinityState::Confirmed).0;
+    assert_eq!(
+        node_affs("a").await,
+        sorted(vec![aname("a", "10.0.0.0/26"), aname("a", "10.0.1.0/26")])
+    );
+    assert_eq!(node_affs("b").await, vec![aname("b", "10.0.0.64/26")]);
+    let key = aname("a", "10.0.1.0/26");
+    let (rev, v) = &arevs[&key];
+    let to_b = BlockAffinity {
+        node: "b".into(),
+        ..v.clone()
+    };
+    let rev = s.update(&key, to_b.clone(), rev).await.unwrap();
+    assert_eq!(node_affs("a").await, vec![aname("a", "10.0.0.0/26")]);
+    assert_eq!(
+        node_affs("b").await,
+        sorted(vec![key.clone(), aname("b", "10.0.0.64/26")])
+    );
+    let dead = BlockAffinity {
+        deleted: true,
+        ..to_b
+    };
+    s.update(&key, dead, &rev).await.unwrap();
+    assert_eq!(node_affs("b").await, vec![aname("b", "10.0.0.64/26")]);
+}
+
+/// N writers read the same revision of one object in each round, then all write it: exactly
+/// one wins each round, every other gets Conflict, and the object counts the rounds.
+pub async fn concurrent_writers_one_winner_per_round<D: Datastore + 'static>(store: D) {
+    const RACERS: usize = 8;
+    const ROUNDS: u32 = 20;
+    let store = Arc::new(store);
+    store
+        .create("counter", handle_with("counter", 0))
+        .await
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(RACERS));
+    let tasks: Vec<_> = (0..RACERS)
+        .map(|_| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let mut won = Vec::new();
+                for round in 0..ROUNDS {
+                    let cur = store.get::<IpamHandle>("counter").await.unwrap();
+                    assert_eq!(
+                        cur.value.total(),
+                        u64::from(round),
+                        "everyone reads the round's value"
+                    );
+                    barrier.wait().await;
+                    let next = handle_with("counter", round + 1);
+                    match store.update("counter", next, &cur.revision).await {
+                        Ok(_) => won.push(round),
+                        Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => panic!("round {round}: {e}"),
+                    }
+                    barrier.wait().await;
+                }
+                won
+            })
+        })
+        .collect();
+    let all = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(tasks))
+        .await
+        .expect("racers finish within two minutes");
+    let mut wins = vec![0; ROUNDS as usize];
+    for won in all {
+        for round in won.expect("racer task did not panic") {
+            wins[round as usize] += 1;
+        }
+    }
+    assert_eq!(
+        wins,
+        vec![1; ROUNDS as usize],
+        "exactly one winner per round"
+    );
+    let last = store.get::<IpamHandle>("counter").await.unwrap();
+    assert_eq!(last.value.total(), u64::from(ROUNDS));
+}
+
+/// N writers each add to one counter with read-modify-CAS retries: the final count is the
+/// number of successful writes, so no write was lost or applied twice.
+pub async fn concurrent_counter_counts_every_success<D: Datastore + 'static>(store: D) {
+    const WRITERS: u32 = 8;
+    const EACH: u32 = 25;
+    let store = Arc::new(store);
+    store
+        .create("counter", handle_with("counter", 0))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (mut done, mut conflicts) = (0u32, 0u32);
+                for _attempt in 0..EACH * 1000 {
+                    if done == EACH {
+                        break;
+                    }
+                    let cur = store.get::<IpamHandle>("counter").await.unwrap();
+                    let next = handle_with("counter", cur.value.total() as u32 + 1);
+                    match store.update("counter", next, &cur.revision).await {
+                        Ok(_) => done += 1,
+                        Err(StoreError::Conflict { .. }) => conflicts += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                (done, conflicts)
+            })
+        })
+        .collect();
+    let results = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(tasks))
+        .await
+        .expect("writers finish within two minutes");
+    let successes: u32 = results
+        .into_iter()
+        .map(|r| r.expect("writer task did not panic").0)
+        .sum();
+    assert_eq!(successes, WRITERS * EACH, "every writer got its writes in");
+    let last = store.get::<IpamHandle>("counter").await.unwrap();
+    assert_eq!(last.value.total(), u64::from(successes));
+}
+
+/// A block of the largest size, every ordinal held by its own handle with full Calico-style
+/// attributes.
+pub fn full_block(cidr: &str, node: &str) -> (String, IpamBlock) {
+    let (name, mut b) = block(cidr, Some(&format!("host:{node}")));
+    b.affinity_claim_time = Some("2024-05-01T10:00:00Z".into());
+    for i in 0..b.allocations.len() {
+        let attr = AllocationAttribute {
+            handle_id: Some(format!("k8s-pod-network.{i:064x}")),
+            secondary: BTreeMap::from([
+                ("namespace".into(), "default".into()),
+                ("node".into(), node.into()),
+                ("pod".into(), format!("web-7d9c8b6f5-{i:05}")),
+                (
+                    "timestamp".into(),
+                    "2024-05-01 10:00:00.123456789 +0000 UTC".into(),
+                ),
+            ]),
+            released_at: None,
+        };
+        assert_eq!(b.assign(1, &attr, |_| false).len(), 1);
+    }
+    assert!(b.unallocated.is_empty() && b.allocations.iter().all(Option::is_some));
+    (name, b)
+}
+
+/// A fully allocated /20 IPv4 block and /116 IPv6 block (4096 ordinals each) come back
+/// equal from get, list and node list, after create and after an update.
+pub async fn large_blocks_round_trip<D: Datastore>(store: D) {
+    for cidr in ["10.96.0.0/20", "fd00:1::/116"] {
+        let (name, b) = full_block(cidr, "big");
+        let r1 = store.create(&name, b.clone()).await.unwrap();
+        assert!(
+            store.get::<IpamBlock>(&name).await.unwrap() == stored(&name, &r1, &b),
+            "{cidr} after create"
+        );
+        let mut half = b.clone();
+        for handle in (0..2048).map(|i| format!("k8s-pod-network.{i:064x}")) {
+            half.release_handle(&handle, ipam_core::Cooldown::None);
+        }
+        assert_eq!(half.in_use(), 2048);
+        let r2 = store.update(&name, half.clone(), &r1).await.unwrap();
+        let got = store.list::<IpamBlock>(Scope::Node("big")).await.unwrap();
+        assert!(
+            got.iter().any(|s| *s == stored(&name, &r2, &half)),
+            "{cidr} in the node list"
+        );
+        assert!(
+            store.get::<IpamBlock>(&name).await.unwrap() == stored(&name, &r2, &half),
+            "{cidr} after update"
+        );
+    }
+    assert_eq!(store.list::<IpamBlock>(Scope::All).await.unwrap().len(), 2);
+}
+
+/// Each call counts one round trip of its own kind, failed calls included; a list is one
+/// round trip however many objects it returns.
+pub async fn operation_counters<D: Datastore>(store: D) {
+    let start = store.op_counts();
+    for i in 0..3 {
+        let name = format!("h{i}");
+        store.create(&name, IpamHandle::new(&name)).await.unwrap();
+    }
+    let h = store.get::<IpamHandle>("h0").await.unwrap();
+    let _ = store.get::<IpamHandle>("missing").await.unwrap_err();
+    assert_eq!(store.list::<IpamHandle>(Scope::All).await.unwrap().len(), 3);
+    let r = store
+        .update("h0", handle_with("h0", 1), &h.revision)
+        .await
+        .unwrap();
+    let _ = store
+        .update("h0", handle_with("h0", 2), &h.revision)
+        .await
+        .unwrap_err();
+    store.delete::<IpamHandle>("h0", &r).await.unwrap();
+    let _ = store.create("h1", IpamHandle::new("h1")).await.unwrap_err();
+    let counts = store.op_counts().since(&start);
+    let want = OpCounts {
+        gets: 2,
+        lists: 1,
+        creates: 4,
+        updates: 2,
+        deletes: 1,
+    };
+    assert_eq!(counts, want);
+    assert_eq!((counts.reads(), counts.writes()), (3, 7));
+}
+
+/// `node_snapshot` returns what the individual reads return, with and without a config, for
+/// a node with objects and for one without, and writes nothing.
+pub async fn node_snapshot_matches_reads<D: Datastore>(store: D) {
+    let s = &store;
+    let empty = s.node_snapshot("a").await.unwrap();
+    assert!(empty.config.is_none() && empty.pools.is_empty() && empty.blocks.is_empty());
+    for (name, cidr) in [("pool-v4", "10.0.0.0/16"), ("pool-v6", "fd00::/48")] {
+        s.create(name, IpPool::new(cidr.parse().unwrap()))
+            .await
+            .unwrap();
+    }
+    let res = IpReservation {
+        reserved_cidrs: vec!["10.0.0.1".into()],
+    };
+    s.create("res", res).await.unwrap();
+    for (cidr, node, state) in [
+        ("10.0.0.0/26", "a", AffinityState::Confirmed),
+        ("10.0.0.64/26", "a", AffinityState::Pending),
+        ("10.0.0.128/26", "b", AffinityState::Confirmed),
+    ] {
+        let (name, v) = affinity(node, cidr, state);
+        s.create(&name, v).await.unwrap();
+        let (name, v) = block(cidr, Some(&format!("host:{node}")));
+        s.create(&name, v).await.unwrap();
+    }
+    let (name, v) = block("10.0.0.192/26", None);
+    s.create(&name, v).await.unwrap();
+    for with_config in [false, true] {
+        if with_config {
+            s.create(IpamConfig::NAME, IpamConfig::default())
+                .await
+                .unwrap();
+        }
+        for node in ["a", "b", "nobody"] {
+            let before = s.op_counts();
+            let snap = s.node_snapshot(node).await.unwrap();
+            let cost = s.op_counts().since(&before);
+            assert_eq!(cost.writes(), 0);
+            assert!(cost.reads() >= 1, "a snapshot is counted");
+            let config = match s.get::<IpamConfig>(IpamConfig::NAME).await {
+                Ok(c) => Some(c),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => panic!("{e}"),
+            };
+            assert_eq!(snap.config, config);
+            assert_eq!(snap.pools, s.list(Scope::All).await.unwrap());
+            assert_eq!(snap.reservations, s.list(Scope::All).await.unwrap());
+            assert_eq!(snap.affinities, s.list(Scope::Node(node)).await.unwrap());
+            assert_eq!(snap.blocks, s.list(Scope::Node(node)).await.unwrap());
+            let want = match node {
+                "a" => 2,
+                "b" => 1,
+                _ => 0,
+            };
+            assert_eq!((snap.blocks.len(), snap.affinities.len()), (want, want));
+        }
+    }
+    assert_eq!(s.list::<IpPool>(Scope::All).await.unwrap().len(), 2);
+}
