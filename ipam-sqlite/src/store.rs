@@ -50,6 +50,12 @@ impl SqliteStore {
         &self.path
     }
 
+    /// Changes how long a call waits for another process's lock before failing with
+    /// [`StoreError::Unavailable`] (default [`BUSY_TIMEOUT`](crate::BUSY_TIMEOUT)).
+    pub fn set_busy_timeout(&self, timeout: std::time::Duration) -> Result<(), StoreError> {
+        self.lock().busy_timeout(timeout).map_err(sql)
+    }
+
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock unwinds through the open `Transaction`, whose drop
         // rolls it back, so the connection behind a poisoned lock is still clean.

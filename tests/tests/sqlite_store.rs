@@ -1,0 +1,160 @@
+//! SQLite-specific promises beyond the conformance suite: the cost of the steady-state
+//! allocation path, and CAS across separate connections to one file.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ipam_core::{
+    AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, NodeName, NodeSnapshot, OpCounts, Resource,
+    Revision, Scope, StoreError, Stored,
+};
+use ipam_sqlite::SqliteStore;
+
+fn fresh() -> (SqliteStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("ipam.db")).unwrap();
+    (store, dir)
+}
+
+fn args(node: &str, handle: &str) -> AutoAssignArgs {
+    AutoAssignArgs::new(NodeName::new(node).unwrap(), 1, 0)
+        .with_handle(HandleId::new(handle).unwrap())
+}
+
+#[tokio::test]
+async fn node_snapshot_is_one_round_trip() {
+    let (store, _dir) = fresh();
+    let before = store.op_counts();
+    store.node_snapshot("n1").await.unwrap();
+    let cost = store.op_counts().since(&before);
+    assert_eq!(
+        cost,
+        OpCounts {
+            lists: 1,
+            ..OpCounts::default()
+        }
+    );
+}
+
+/// A node that owns a block with room: one read transaction (the node snapshot) and two
+/// write transactions (create the handle, update the block) per allocation; a release by
+/// handle reads the handle and the block and writes the block and the handle twice
+/// (soft delete, delete).
+#[tokio::test]
+async fn steady_state_auto_assign_costs_one_read_and_two_writes() {
+    let (store, _dir) = fresh();
+    let ipam = Ipam::new(store);
+    ipam.create_pool("pool", IpPool::new("10.244.0.0/16".parse().unwrap()))
+        .await
+        .unwrap();
+    // The first allocation claims the block; the steady state starts after it.
+    ipam.auto_assign(&args("n1", "warm")).await.unwrap();
+    for i in 0..5 {
+        let handle = format!("pod-{i}");
+        let before = ipam.store().op_counts();
+        let got = ipam.auto_assign(&args("n1", &handle)).await.unwrap();
+        let cost = ipam.store().op_counts().since(&before);
+        assert_eq!(got.ipv4.len(), 1);
+        let want = OpCounts {
+            lists: 1,
+            creates: 1,
+            updates: 1,
+            ..OpCounts::default()
+        };
+        assert_eq!(cost, want, "auto_assign #{i}");
+
+        let before = ipam.store().op_counts();
+        ipam.release_by_handle(&HandleId::new(&handle).unwrap())
+            .await
+            .unwrap();
+        let cost = ipam.store().op_counts().since(&before);
+        // Today: 3 gets, 2 updates, 1 delete; never more than that.
+        assert!(
+            cost.lists == 0 && cost.reads() <= 3 && cost.writes() <= 3,
+            "{cost:?}"
+        );
+    }
+}
+
+/// Several connections to one file, used in turn: the CAS races of the conformance suite
+/// then run between connections (SQLite's file locks), not only within one.
+struct Connections {
+    stores: Vec<SqliteStore>,
+    next: AtomicUsize,
+    _dir: tempfile::TempDir,
+}
+
+impl Connections {
+    fn open(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = (0..n)
+            .map(|_| SqliteStore::open(dir.path().join("ipam.db")).unwrap())
+            .collect();
+        Connections {
+            stores,
+            next: AtomicUsize::new(0),
+            _dir: dir,
+        }
+    }
+
+    fn pick(&self) -> &SqliteStore {
+        &self.stores[self.next.fetch_add(1, Ordering::Relaxed) % self.stores.len()]
+    }
+}
+
+impl Datastore for Connections {
+    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
+        self.pick().get(name).await
+    }
+
+    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+        self.pick().list(scope).await
+    }
+
+    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
+        self.pick().create(name, value).await
+    }
+
+    async fn update<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
+        self.pick().update(name, value, revision).await
+    }
+
+    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
+        self.pick().delete::<R>(name, revision).await
+    }
+
+    fn op_counts(&self) -> OpCounts {
+        let sum = |f: fn(&OpCounts) -> u64| self.stores.iter().map(|s| f(&s.op_counts())).sum();
+        OpCounts {
+            gets: sum(|c| c.gets),
+            lists: sum(|c| c.lists),
+            creates: sum(|c| c.creates),
+            updates: sum(|c| c.updates),
+            deletes: sum(|c| c.deletes),
+        }
+    }
+
+    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        self.pick().node_snapshot(node).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_winner_per_round_across_connections() {
+    ipam_tests::conformance::concurrent_writers_one_winner_per_round(Connections::open(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn counter_across_connections_loses_nothing() {
+    ipam_tests::conformance::concurrent_counter_counts_every_success(Connections::open(4)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revisions_never_repeat_across_connections() {
+    ipam_tests::conformance::revisions_never_repeat(Connections::open(3)).await;
+}
