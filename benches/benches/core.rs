@@ -90,36 +90,14 @@ fn report_ops(s: &Setup) {
     report(s.label, "per auto_assign + release_ips pair", pair);
 }
 
-/// Times `measured` over batches of [`BATCH`] allocations, with `other` (untimed) undoing
-/// or preparing each batch, so the node's block neither fills nor empties.
 fn batched(
     s: &Setup,
     iters: u64,
     assign_timed: bool,
     release: impl Fn(&Ipam<MemoryStore>, &Held) -> ipam_benches::Result<()>,
 ) -> Duration {
-    let mut total = Duration::ZERO;
-    let mut left = iters;
-    let mut held = Vec::with_capacity(BATCH);
-    while left > 0 {
-        let k = left.min(BATCH as u64) as usize;
-        let t = Instant::now();
-        for h in &s.handles[..k] {
-            held.push(block_on(assign_one(&s.ipam, &s.node, h)).expect("auto_assign"));
-        }
-        if assign_timed {
-            total += t.elapsed();
-        }
-        let t = Instant::now();
-        for h in held.drain(..) {
-            release(&s.ipam, black_box(&h)).expect("release");
-        }
-        if !assign_timed {
-            total += t.elapsed();
-        }
-        left -= k as u64;
-    }
-    total
+    ipam_benches::batched(&s.ipam, &s.node, &s.handles, iters, assign_timed, release)
+        .expect("steady-state batch")
 }
 
 /// auto_assign on a node with no block: claims a fresh block of the pool, then assigns.

@@ -4,8 +4,11 @@
 //! The benchmarks drive the async API with `pollster`: `MemoryStore` never waits, and the
 //! SQLite store blocks inside its calls, so an executor would only add its own overhead.
 
+pub mod sqlite;
+
 use std::fmt;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipam_core::cidr::{affinity_name, nth_block};
 use ipam_core::{
@@ -26,6 +29,18 @@ pub enum Error {
     /// An allocation returned no address although one was asked for.
     #[error("auto_assign returned no IPv4 address")]
     NoAddress,
+    /// The SQLite store could not be opened.
+    #[error("opening the SQLite store: {0}")]
+    Open(#[from] ipam_sqlite::Error),
+    /// A raw SQLite statement of the floor benchmark failed.
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The floor's database did not switch to WAL, so it would not match the store.
+    #[error("the benchmark database is in journal mode {mode}, not WAL")]
+    NotWal {
+        /// The mode SQLite reported.
+        mode: String,
+    },
 }
 
 /// Results of the benchmark helpers.
@@ -135,6 +150,42 @@ pub async fn warm_node<D: Datastore>(ipam: &Ipam<D>) -> Result<NodeName> {
     let node = NodeName::new(BENCH_NODE)?;
     assign_one(ipam, &node, &HandleId::new("bench.keep")?).await?;
     Ok(node)
+}
+
+/// Times `iters` allocations on `node` in batches of `handles.len()` addresses held at
+/// once, each batch then released with `release`. With `assign_timed` only the assignments
+/// are timed, otherwise only the releases; the other half keeps the node's block from
+/// filling or emptying, so every timed operation sees the same steady state.
+pub fn batched<D: Datastore>(
+    ipam: &Ipam<D>,
+    node: &NodeName,
+    handles: &[HandleId],
+    iters: u64,
+    assign_timed: bool,
+    release: impl Fn(&Ipam<D>, &Held) -> Result<()>,
+) -> Result<Duration> {
+    let mut total = Duration::ZERO;
+    let mut left = iters;
+    let mut held = Vec::with_capacity(handles.len());
+    while left > 0 {
+        let k = left.min(handles.len().max(1) as u64) as usize;
+        let t = Instant::now();
+        for h in &handles[..k] {
+            held.push(pollster::block_on(assign_one(ipam, node, h))?);
+        }
+        if assign_timed {
+            total += t.elapsed();
+        }
+        let t = Instant::now();
+        for h in held.drain(..) {
+            release(ipam, std::hint::black_box(&h))?;
+        }
+        if !assign_timed {
+            total += t.elapsed();
+        }
+        left -= k as u64;
+    }
+    Ok(total)
 }
 
 /// Counts the round trips of `n` runs of `op` on `store`.
