@@ -1,0 +1,248 @@
+//! A throwaway single-member etcd on loopback, for tests and benchmarks: the real `etcd`
+//! binary (Debian's `etcd-server`) on free ports with a temporary data directory, killed
+//! when dropped.
+//!
+//! It can be killed (`SIGKILL`) and restarted on the same ports and data, to test what a
+//! client sees while its datastore goes away and comes back.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Where Debian's `etcd-server` puts the binary; `ETCD_BIN` overrides it.
+pub const DEFAULT_BINARY: &str = "/usr/bin/etcd";
+
+/// How long a fresh or restarted server may take to report healthy.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(20);
+
+/// etcd's output, in its directory.
+const LOG: &str = "etcd.log";
+
+/// Port pairs tried before giving up (another process may take a port between our probe and
+/// etcd's bind).
+const PORT_ATTEMPTS: usize = 5;
+
+/// What starting a local etcd can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No etcd binary where it was looked for.
+    #[error(
+        "no etcd binary at {0} (install Debian's etcd-server, e.g. with scripts/install-deps, or set ETCD_BIN)"
+    )]
+    Missing(PathBuf),
+    /// The data directory or log file could not be made.
+    #[error("preparing etcd's directory: {0}")]
+    Io(#[source] std::io::Error),
+    /// The process could not be started.
+    #[error("starting {binary}: {source}")]
+    Spawn {
+        /// The binary.
+        binary: PathBuf,
+        /// What `exec` failed with.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process exited before it was healthy.
+    #[error("etcd exited with {status} before it was healthy; its log ends:\n{log}")]
+    Exited {
+        /// How it exited.
+        status: ExitStatus,
+        /// The end of its log.
+        log: String,
+    },
+    /// The process did not report healthy in time.
+    #[error("etcd was not healthy within {after:?}; its log ends:\n{log}")]
+    NotHealthy {
+        /// How long it was given.
+        after: Duration,
+        /// The end of its log.
+        log: String,
+    },
+}
+
+/// A running (or killed, awaiting restart) local etcd.
+pub struct LocalEtcd {
+    binary: PathBuf,
+    dir: tempfile::TempDir,
+    client: u16,
+    peer: u16,
+    child: Option<Child>,
+}
+
+impl LocalEtcd {
+    /// Starts etcd from `ETCD_BIN` or [`DEFAULT_BINARY`] and waits until it is healthy.
+    pub fn start() -> Result<Self, ServerError> {
+        let binary = std::env::var_os("ETCD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BINARY));
+        Self::start_binary(&binary)
+    }
+
+    /// Starts `binary` and waits until it is healthy.
+    pub fn start_binary(binary: &Path) -> Result<Self, ServerError> {
+        if !binary.is_file() {
+            return Err(ServerError::Missing(binary.to_owned()));
+        }
+        // In memory when possible: etcd fsyncs every commit, and tests measure logic, not disks.
+        let shm = Path::new("/dev/shm");
+        let dir = if shm.is_dir() {
+            tempfile::Builder::new()
+                .prefix("ipam-etcd-")
+                .tempdir_in(shm)
+        } else {
+            tempfile::Builder::new().prefix("ipam-etcd-").tempdir()
+        }
+        .map_err(ServerError::Io)?;
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            let (client, peer) = free_ports().map_err(ServerError::Io)?;
+            match launch(binary, dir.path(), client, peer) {
+                Ok(child) => {
+                    return Ok(LocalEtcd {
+                        binary: binary.to_owned(),
+                        dir,
+                        client,
+                        peer,
+                        child: Some(child),
+                    });
+                }
+                // A port taken in between makes etcd exit at once: try other ports.
+                Err(e @ ServerError::Exited { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(ServerError::Missing(binary.to_owned())))
+    }
+
+    /// The client URL (`http://127.0.0.1:PORT`).
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client)
+    }
+
+    /// The process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills the process with `SIGKILL` and reaps it; the data directory stays.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the process again on the same ports and data, and waits until it is healthy.
+    pub fn restart(&mut self) -> Result<(), ServerError> {
+        self.kill();
+        self.child = Some(launch(
+            &self.binary,
+            self.dir.path(),
+            self.client,
+            self.peer,
+        )?);
+        Ok(())
+    }
+
+    /// The last lines of etcd's log, for error messages.
+    pub fn log_tail(&self) -> String {
+        log_tail(self.dir.path())
+    }
+}
+
+impl Drop for LocalEtcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Starts etcd on `dir` and the two ports and waits until it is healthy; kills it if it
+/// does not become healthy.
+fn launch(binary: &Path, dir: &Path, client: u16, peer: u16) -> Result<Child, ServerError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(LOG))
+        .map_err(ServerError::Io)?;
+    let log2 = log.try_clone().map_err(ServerError::Io)?;
+    let client_url = format!("http://127.0.0.1:{client}");
+    let peer_url = format!("http://127.0.0.1:{peer}");
+    let mut child = Command::new(binary)
+        .arg("--name=ipam-test")
+        .arg(format!("--data-dir={}", dir.join("data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=ipam-test={peer_url}"))
+        // Room for the largest blocks (a full /20 with its node copy is ~2.5 MB).
+        .arg("--max-request-bytes=16777216")
+        .arg("--logger=zap")
+        .arg("--log-level=warn")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|source| ServerError::Spawn {
+            binary: binary.to_owned(),
+            source,
+        })?;
+    let healthy = wait_healthy(&mut child, dir, client);
+    if healthy.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    healthy.map(|()| child)
+}
+
+fn wait_healthy(child: &mut Child, dir: &Path, client: u16) -> Result<(), ServerError> {
+    let deadline = Instant::now() + HEALTHY_WITHIN;
+    let addr = SocketAddr::from(([127, 0, 0, 1], client));
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(ServerError::Exited {
+                status,
+                log: log_tail(dir),
+            });
+        }
+        if health(addr) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(ServerError::NotHealthy {
+        after: HEALTHY_WITHIN,
+        log: log_tail(dir),
+    })
+}
+
+/// The last lines of the log in `dir`.
+fn log_tail(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join(LOG)).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+/// Whether etcd at `addr` answers `GET /health` with `"health":"true"`.
+fn health(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    if s.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.contains("\"health\":\"true\"")
+}
+
+/// Two distinct free loopback ports, found by binding port 0 and letting go.
+fn free_ports() -> std::io::Result<(u16, u16)> {
+    let a = TcpListener::bind("127.0.0.1:0")?;
+    let b = TcpListener::bind("127.0.0.1:0")?;
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+}
