@@ -216,17 +216,35 @@ fn tls_options(config: &EtcdConfig) -> Result<TlsOptions> {
 }
 
 /// Whether a client error means etcd could not be reached or did not answer (retryable).
-/// etcd itself answers `Unavailable` while it has no leader or the leader changed.
+/// etcd itself answers `Unavailable` while it has no leader or the leader changed; a
+/// connection reset mid-request arrives as `Unknown` with a transport error inside.
 fn is_unavailable(e: &etcd_client::Error) -> bool {
     use tonic::Code;
     match e {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => matches!(
-            s.code(),
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
-        ),
+        etcd_client::Error::GRpcStatus(s) => match s.code() {
+            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => true,
+            Code::Unknown => caused_by_transport(s),
+            _ => false,
+        },
         _ => false,
     }
+}
+
+/// Whether a transport or I/O error is somewhere in `e`'s chain of causes.
+fn caused_by_transport(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = e.source();
+    // Chains are short; the bound only guards against a cyclic one.
+    for _ in 0..16 {
+        let Some(c) = cause else {
+            return false;
+        };
+        if c.is::<tonic::transport::Error>() || c.is::<std::io::Error>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn store_error(e: etcd_client::Error) -> StoreError {
