@@ -2,6 +2,8 @@
 //! servers, a restart under a live client, the one-transaction block-and-handle write, and
 //! the round trips of an allocation.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
