@@ -275,6 +275,11 @@ async fn kill_9_leaks_at_most_the_operation_in_flight_and_never_corrupts() {
         .keys()
         .map(|&id| (id, read_log(&fleet.log(id))))
         .collect();
+    let cycles: usize = logs.values().map(|l| l.got.len()).sum();
+    eprintln!(
+        "{cycles} auto_assign calls returned ({} per process on average)",
+        cycles / logs.len()
+    );
     for (id, log) in &logs {
         assert_eq!(
             log.done,
