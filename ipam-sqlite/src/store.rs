@@ -226,6 +226,8 @@ fn get_in<R: Resource>(conn: &Connection, name: &str) -> Result<Option<Stored<R>
 
 fn list_in<R: Resource>(conn: &Connection, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
     // Names sort by bytes (SQLite's BINARY collation), the same order as a Rust `String`.
+    // Both statements take the same two parameters so one call binds either; for `All` the
+    // second is NULL and `?2 IS NULL` is always true.
     let (sql_text, node) = match scope {
         Scope::All => (
             "SELECT name, revision, spec FROM objects
