@@ -6,10 +6,31 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use ipam_cni::ctl::{self, Cli, EXIT_ERROR};
-use ipam_sqlite::SqliteStore;
+use ipam_cni::datastore::{DatastoreSpec, StoreOp, with_store};
+use ipam_core::Datastore;
+
+/// The parsed command, run on whichever store the spec opens.
+struct Run<'a> {
+    cli: &'a Cli,
+    gc_state: Option<PathBuf>,
+}
+
+impl StoreOp for Run<'_> {
+    type Output = ctl::Result<u8>;
+
+    async fn run<D: Datastore + 'static>(self, store: D) -> Self::Output {
+        let mut stdout = std::io::stdout().lock();
+        ctl::run(self.cli, store, &mut stdout, self.gc_state).await
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The flag also reads IPAM_DATASTORE (clap's `env`), so resolve needs no second look.
+    let spec = match DatastoreSpec::resolve_from(cli.datastore.as_deref(), None) {
+        Ok(spec) => spec,
+        Err(e) => return fail(&e.to_string()),
+    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -17,34 +38,14 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the runtime: {e}")),
     };
-    let path = match sqlite_path(cli.datastore.as_deref()) {
-        Ok(p) => p,
-        Err(msg) => return fail(&msg),
+    let op = Run {
+        cli: &cli,
+        gc_state: spec.sibling(".gc-state.json"),
     };
-    let store = match SqliteStore::open(&path) {
-        Ok(s) => s,
-        Err(e) => return fail(&format!("cannot open {}: {e}", path.display())),
-    };
-    let mut state = path.clone().into_os_string();
-    state.push(".gc-state.json");
-    let mut stdout = std::io::stdout().lock();
-    match runtime.block_on(ctl::run(&cli, store, &mut stdout, Some(state.into()))) {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => fail(&e.to_string()),
-    }
-}
-
-/// The SQLite file named by `--datastore sqlite:PATH` / `IPAM_DATASTORE`, or the plugin's
-/// default. Interim: replaced by the shared `ipam_cni::datastore` selection once it lands.
-fn sqlite_path(spec: Option<&str>) -> Result<PathBuf, String> {
-    match spec {
-        None | Some("") | Some("sqlite") => Ok(ipam_sqlite::default_path()),
-        Some(s) => match s.strip_prefix("sqlite:") {
-            Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
-            _ => Err(format!(
-                "unsupported datastore {s:?}: use sqlite:PATH (etcd and Kubernetes are not built in yet)"
-            )),
-        },
+    match runtime.block_on(with_store(&spec, op)) {
+        Ok(Ok(code)) => ExitCode::from(code),
+        Ok(Err(e)) => fail(&e.to_string()),
+        Err(e) => fail(&format!("cannot open datastore {spec}: {e}")),
     }
 }
 
