@@ -1,0 +1,138 @@
+//! The host-wide allocation lock: an exclusive `flock` on a file beside the database.
+//!
+//! It single-flights allocations on one host so concurrent plugin processes queue instead of
+//! colliding on the same block and retrying. Correctness does not depend on it (every write
+//! is a compare-and-swap), so a lock that cannot be taken in time, or at all, is logged and
+//! the allocation goes ahead without it.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rustix::fs::{FlockOperation, flock};
+
+use super::log::Logger;
+
+/// How long to wait for the lock before going ahead without it.
+pub const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A held lock (or none, when it could not be taken); released on drop (the kernel drops a
+/// `flock` when its file is closed, also when the process dies).
+#[derive(Debug)]
+pub struct HostLock {
+    _file: Option<File>,
+}
+
+impl HostLock {
+    /// Takes the lock on `path`, waiting at most `wait`. Never fails: problems are logged
+    /// and an empty guard is returned.
+    pub async fn acquire(path: Option<&Path>, wait: Duration, log: &Logger) -> HostLock {
+        let Some(path) = path else {
+            return HostLock { _file: None };
+        };
+        let file = match open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                log.warn(format_args!(
+                    "cannot open the lock file {}: {e}; allocating without the host lock",
+                    path.display()
+                ));
+                return HostLock { _file: None };
+            }
+        };
+        if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            return HostLock { _file: Some(file) };
+        }
+        // Contended: wait in a blocking thread, so the wait can be bounded by a timer.
+        let owned: PathBuf = path.to_owned();
+        let waiter = tokio::task::spawn_blocking(move || {
+            flock(&file, FlockOperation::LockExclusive).map(|()| file)
+        });
+        match tokio::time::timeout(wait, waiter).await {
+            Ok(Ok(Ok(file))) => HostLock { _file: Some(file) },
+            Ok(Ok(Err(e))) => {
+                log.warn(format_args!(
+                    "cannot lock {}: {e}; allocating without the host lock",
+                    owned.display()
+                ));
+                HostLock { _file: None }
+            }
+            Ok(Err(e)) => {
+                log.warn(format_args!(
+                    "lock waiter failed: {e}; allocating without the host lock"
+                ));
+                HostLock { _file: None }
+            }
+            Err(_) => {
+                log.warn(format_args!(
+                    "the host lock {} was not free within {}s; allocating without it",
+                    owned.display(),
+                    wait.as_secs()
+                ));
+                HostLock { _file: None }
+            }
+        }
+    }
+
+    /// Whether the lock is actually held.
+    pub fn is_held(&self) -> bool {
+        self._file.is_some()
+    }
+}
+
+fn open(path: &Path) -> std::io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn second_taker_waits_then_degrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.db.lock");
+        let logfile = dir.path().join("log");
+        let log = Logger::new(super::super::log::Level::Warn, Some(&logfile));
+        let rt = rt();
+        let first = rt.block_on(HostLock::acquire(Some(&path), LOCK_WAIT, &log));
+        assert!(first.is_held());
+        // flock locks belong to the open file description, so a second open contends.
+        let second = rt.block_on(HostLock::acquire(
+            Some(&path),
+            Duration::from_millis(50),
+            &log,
+        ));
+        assert!(!second.is_held());
+        assert!(
+            std::fs::read_to_string(&logfile)
+                .unwrap()
+                .contains("without it")
+        );
+        drop(first);
+        let third = rt.block_on(HostLock::acquire(Some(&path), LOCK_WAIT, &log));
+        assert!(third.is_held());
+    }
+
+    #[test]
+    fn an_unopenable_lock_file_degrades() {
+        let log = Logger::new(super::super::log::Level::Off, None);
+        let lock = rt().block_on(HostLock::acquire(
+            Some(Path::new("/nonexistent-dir/x/ipam.db.lock")),
+            LOCK_WAIT,
+            &log,
+        ));
+        assert!(!lock.is_held());
+    }
+}
