@@ -1,1 +1,51 @@
-//! Kubernetes datastore for `ipam-core` (work in progress).
+//! The Kubernetes face of the IPAM: Calico's `crd.projectcalico.org/v1` CustomResourceDefinitions,
+//! a Kubernetes-style HTTP API over any [`ipam_core::Datastore`], and [`KubeStore`], the
+//! datastore that keeps IPAM state in a Kubernetes API server.
+//!
+//! - [`crd_manifests`] prints the CRDs (`ipamctl crds`).
+//! - [`serve`] answers discovery, list/watch, get, create, update, merge patch and delete
+//!   for the six IPAM kinds over a datastore, the way kube-apiserver serves custom
+//!   resources, so `kubectl get ipamblocks` works against a SQLite or etcd store
+//!   (`ipamctl serve`).
+//! - [`KubeStore`] implements the datastore contract with kube-rs: revisions are
+//!   `resourceVersion`s, writes are compare-and-swap PUTs, deletes carry preconditions.
+//!
+//! The spec types are `ipam_core::model`'s; nothing here defines a second copy of them.
+
+pub mod object;
+pub mod resource;
+pub mod schema;
+pub mod selector;
+pub mod server;
+// pub mod store;
+
+pub use resource::{GROUP, NODE_LABEL, ResourceDef, VERSION};
+pub use schema::crd_manifests;
+pub use server::{ApiServer, ServeOptions, router, serve, serve_with_shutdown};
+// pub use store::KubeStore;
+
+/// What this crate's own setup calls can fail with (datastore calls use `StoreError`).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The kubeconfig file could not be read or parsed.
+    #[error("kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    /// The in-cluster service account configuration is missing or unreadable.
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[source] kube::config::InClusterError),
+    /// A client could not be built from the configuration.
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// Serving failed (the listener broke).
+    #[error("serving the API: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

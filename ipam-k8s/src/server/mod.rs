@@ -1,0 +1,252 @@
+//! A Kubernetes-style HTTP API over any [`Datastore`], served the way kube-apiserver serves
+//! custom resources of `crd.projectcalico.org/v1`.
+//!
+//! What the datastores cannot hold is derived, never made up per request:
+//! - `resourceVersion` is the datastore revision; a list's is the highest revision listed.
+//! - `metadata.uid` is a name-based UUID of group, kind and name ([`uid_of`]).
+//! - `metadata.labels` are derived from the spec (the node label of affinities and affine
+//!   blocks, [`NODE_LABEL`]); a write may repeat them but not add others (422), since no
+//!   datastore has a place to keep them. Annotations and finalizers are refused likewise.
+//! - `metadata.creationTimestamp` is the time this server created the object, or first saw
+//!   it when something else created it (the datastores keep no creation time).
+//!
+//! [`uid_of`]: crate::resource::uid_of
+//! [`NODE_LABEL`]: crate::resource::NODE_LABEL
+
+mod discovery;
+mod read;
+mod table;
+mod watch;
+mod write;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use ipam_core::{Datastore, Kind, StoreError};
+use serde_json::Value;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::object::{Meta, Status};
+use crate::resource::ResourceDef;
+
+/// Tunables of the server.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// How often a watch polls the datastore for changes.
+    pub watch_poll: Duration,
+    /// The longest a watch stays open when the client names no `timeoutSeconds`.
+    pub watch_timeout: Duration,
+    /// Watches open at once; more are refused with 429.
+    pub max_watches: usize,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            watch_poll: Duration::from_millis(250),
+            watch_timeout: Duration::from_secs(1800),
+            max_watches: 64,
+        }
+    }
+}
+
+/// The shared state of one server: the datastore and what it cannot store.
+pub struct ApiServer<D> {
+    store: D,
+    options: ServeOptions,
+    /// Creation times by kind and name, as this server learnt them.
+    created: Mutex<HashMap<(Kind, String), String>>,
+    watches: Arc<Semaphore>,
+}
+
+impl<D: Datastore + 'static> ApiServer<D> {
+    /// A server over `store`.
+    pub fn new(store: D, options: ServeOptions) -> Self {
+        let watches = Arc::new(Semaphore::new(options.max_watches));
+        ApiServer {
+            store,
+            options,
+            created: Mutex::new(HashMap::new()),
+            watches,
+        }
+    }
+
+    /// The datastore served.
+    pub fn store(&self) -> &D {
+        &self.store
+    }
+
+    /// The metadata of `name`, recording now as its creation time if it is new to us.
+    fn meta(&self, kind: Kind, name: &str) -> Meta {
+        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        let at = created
+            .entry((kind, name.to_owned()))
+            .or_insert_with(now_rfc3339);
+        Meta {
+            created: Some(at.clone()),
+        }
+    }
+
+    /// Forgets `name`: the next object of that name is a new one.
+    fn forget(&self, kind: Kind, name: &str) {
+        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        created.remove(&(kind, name.to_owned()));
+    }
+
+    /// Records that `name` was created now (a create through this server).
+    fn born(&self, kind: Kind, name: &str) {
+        let mut created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        created.insert((kind, name.to_owned()), now_rfc3339());
+    }
+}
+
+/// The API as an axum router over `store`.
+pub fn router<D: Datastore + 'static>(store: D, options: ServeOptions) -> Router {
+    let state = Arc::new(ApiServer::new(store, options));
+    let collection = get(read::list::<D>)
+        .post(write::create::<D>)
+        .fallback(method_not_allowed);
+    let item = get(read::get_one::<D>)
+        .put(write::update::<D>)
+        .patch(write::patch::<D>)
+        .delete(write::delete::<D>)
+        .fallback(method_not_allowed);
+    Router::new()
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/apis", get(discovery::groups))
+        .route("/apis/crd.projectcalico.org", get(discovery::group))
+        .route("/apis/crd.projectcalico.org/v1", get(discovery::resources))
+        .route("/apis/crd.projectcalico.org/v1/{plural}", collection)
+        .route("/apis/crd.projectcalico.org/v1/{plural}/{name}", item)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Serves the API over `store` on `listener` until the listener fails.
+pub async fn serve<D: Datastore + 'static>(listener: TcpListener, store: D) -> crate::Result<()> {
+    serve_with_shutdown(
+        listener,
+        store,
+        ServeOptions::default(),
+        std::future::pending(),
+    )
+    .await
+}
+
+/// Serves the API until `shutdown` completes.
+pub async fn serve_with_shutdown<D, F>(
+    listener: TcpListener,
+    store: D,
+    options: ServeOptions,
+    shutdown: F,
+) -> crate::Result<()>
+where
+    D: Datastore + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(listener, router(store, options))
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(crate::Error::Serve)
+}
+
+/// A JSON response.
+fn json(code: StatusCode, body: &Value) -> Response {
+    let mut resp = Response::new(Body::from(body.to_string()));
+    *resp.status_mut() = code;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+impl IntoResponse for Status {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json(code, &self.to_json())
+    }
+}
+
+/// The Status for a datastore failure about `name`.
+fn store_status(kind: Kind, name: &str, err: StoreError) -> Status {
+    match err {
+        StoreError::NotFound { .. } => Status::not_found(kind, name),
+        StoreError::AlreadyExists { .. } => Status::already_exists(kind, name),
+        StoreError::Conflict { .. } => Status::conflict(
+            kind,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ),
+        StoreError::Invalid { reason, .. } => Status::invalid(kind, name, "spec", &reason),
+        StoreError::Unavailable { source } => Status::new(
+            503,
+            "ServiceUnavailable",
+            format!("datastore unavailable: {source}"),
+        ),
+        StoreError::Other { source } => {
+            Status::new(500, "InternalError", format!("datastore error: {source}"))
+        }
+    }
+}
+
+/// The definition named by a `{plural}` path segment, or a 404.
+fn resolve(plural: &str) -> Result<&'static ResourceDef, Status> {
+    ResourceDef::by_resource(plural).ok_or_else(|| {
+        Status::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
+    })
+}
+
+async fn not_found() -> Status {
+    Status::new(
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
+}
+
+async fn method_not_allowed() -> Status {
+    Status::new(
+        405,
+        "MethodNotAllowed",
+        "the server does not allow this method on the requested resource",
+    )
+}
+
+fn now_rfc3339() -> String {
+    let now = OffsetDateTime::now_utc().replace_nanosecond(0);
+    // Formatting a valid UTC time as RFC 3339 cannot fail.
+    now.unwrap_or_else(|_| OffsetDateTime::now_utc())
+        .format(&Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Whether the client asked for a `meta.k8s.io/v1` Table.
+fn wants_table(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| {
+            let params: Vec<&str> = media.split(';').map(str::trim).collect();
+            params.contains(&"as=Table")
+                && params.contains(&"v=v1")
+                && params.contains(&"g=meta.k8s.io")
+        })
+}

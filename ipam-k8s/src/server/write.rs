@@ -1,0 +1,371 @@
+//! Create, update (PUT), merge patch and delete, each one datastore compare-and-swap.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ipam_core::{Datastore, Kind, Resource, Revision, StoreError, Stored};
+use serde_json::{Value, json};
+
+use super::{ApiServer, json, resolve, store_status};
+use crate::object::{Incoming, Refusal, Status, from_object, to_object};
+use crate::resource::{GROUP, labels_of, uid_of};
+use crate::with_kind;
+
+/// Unconditional writes (no `resourceVersion` given) retry a conflict this many times.
+const UNCONDITIONAL_ATTEMPTS: usize = 16;
+
+fn parse_body(body: &Bytes) -> Result<Value, Status> {
+    serde_json::from_slice(body)
+        .map_err(|e| Status::bad_request(format!("the body is not valid JSON: {e}")))
+}
+
+/// Parses and checks an object sent for `name` (None: take the body's name).
+fn incoming<R: Resource>(body: &Value, url_name: Option<&str>) -> Result<Incoming<R>, Status> {
+    let kind = R::KIND;
+    let inc = from_object::<R>(body).map_err(|r| match r {
+        Refusal::BadRequest(m) => Status::bad_request(m),
+        Refusal::Invalid(field, why) => {
+            let name = body["metadata"]["name"].as_str().unwrap_or("");
+            Status::invalid(kind, name, &field, &why)
+        }
+    })?;
+    let name = match (url_name, inc.name.as_deref()) {
+        (None, None) | (None, Some("")) => {
+            return Err(Status::invalid(
+                kind,
+                "",
+                "metadata.name",
+                "Required value: name is required",
+            ));
+        }
+        (Some(url), Some(body_name)) if url != body_name => {
+            return Err(Status::bad_request(format!(
+                "the name of the object ({body_name}) does not match the name on the URL ({url})"
+            )));
+        }
+        (Some(url), _) => url,
+        (None, Some(n)) => n,
+    };
+    let derived = labels_of(&inc.spec);
+    if let Some((k, v)) = inc.labels.iter().find(|(k, v)| derived.get(*k) != Some(*v)) {
+        let why = format!(
+            "{k}={v}: labels are derived from the spec and cannot be set (the datastore has no labels)"
+        );
+        return Err(Status::invalid(kind, name, "metadata.labels", &why));
+    }
+    if !inc.annotations.is_empty() {
+        let why = "annotations cannot be stored by this server's datastore";
+        return Err(Status::invalid(kind, name, "metadata.annotations", why));
+    }
+    if body["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+    {
+        let why = "finalizers are not supported by this server";
+        return Err(Status::invalid(kind, name, "metadata.finalizers", why));
+    }
+    if let Some(uid) = &inc.uid
+        && *uid != uid_of(kind, name)
+    {
+        let why = format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+            uid_of(kind, name)
+        );
+        return Err(Status::conflict(kind, name, &why));
+    }
+    Ok(inc)
+}
+
+/// `POST .../{plural}`.
+pub(super) async fn create<D: Datastore + 'static>(
+    State(api): State<Arc<ApiServer<D>>>,
+    Path(plural): Path<String>,
+    body: Bytes,
+) -> Response {
+    let def = match resolve(&plural) {
+        Ok(d) => d,
+        Err(s) => return s.into_response(),
+    };
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(s) => return s.into_response(),
+    };
+    with_kind!(def.kind, R => {
+        let inc = match incoming::<R>(&body, None) {
+            Ok(i) => i,
+            Err(s) => return s.into_response(),
+        };
+        let name = inc.name.clone().unwrap_or_default();
+        if inc.resource_version.is_some() {
+            let why = "resourceVersion should not be set on objects to be created";
+            return Status::invalid(R::KIND, &name, "metadata.resourceVersion", why).into_response();
+        }
+        match api.store.create::<R>(&name, inc.spec.clone()).await {
+            Ok(revision) => {
+                api.born(R::KIND, &name);
+                let stored = Stored { name: name.clone(), revision, value: inc.spec };
+                json(StatusCode::CREATED, &to_object(&stored, &api.meta(R::KIND, &name)))
+            }
+            Err(e) => store_status(R::KIND, &name, e).into_response(),
+        }
+    })
+}
+
+/// Writes `spec` over `name`: at `revision` if given, else at whatever revision is current.
+async fn put<D: Datastore + 'static, R: Resource>(
+    api: &ApiServer<D>,
+    name: &str,
+    spec: R,
+    revision: Option<Revision>,
+) -> Result<Value, Status> {
+    let err = |e: StoreError| store_status(R::KIND, name, e);
+    if let Some(rev) = revision {
+        let revision = api
+            .store
+            .update::<R>(name, spec.clone(), &rev)
+            .await
+            .map_err(err)?;
+        let stored = Stored {
+            name: name.to_owned(),
+            revision,
+            value: spec,
+        };
+        return Ok(to_object(&stored, &api.meta(R::KIND, name)));
+    }
+    for _ in 0..UNCONDITIONAL_ATTEMPTS {
+        let current = api.store.get::<R>(name).await.map_err(err)?;
+        match api
+            .store
+            .update::<R>(name, spec.clone(), &current.revision)
+            .await
+        {
+            Ok(revision) => {
+                let stored = Stored {
+                    name: name.to_owned(),
+                    revision,
+                    value: spec,
+                };
+                return Ok(to_object(&stored, &api.meta(R::KIND, name)));
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(store_status(R::KIND, name, StoreError::conflict::<R>(name)))
+}
+
+/// `PUT .../{plural}/{name}`: a compare-and-swap on `metadata.resourceVersion` (409 when it
+/// moved); without one, an unconditional update, as kube-apiserver allows for custom resources.
+pub(super) async fn update<D: Datastore + 'static>(
+    State(api): State<Arc<ApiServer<D>>>,
+    Path((plural, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let def = match resolve(&plural) {
+        Ok(d) => d,
+        Err(s) => return s.into_response(),
+    };
+    let body = match parse_body(&body) {
+        Ok(b) => b,
+        Err(s) => return s.into_response(),
+    };
+    with_kind!(def.kind, R => {
+        let inc = match incoming::<R>(&body, Some(&name)) {
+            Ok(i) => i,
+            Err(s) => return s.into_response(),
+        };
+        match put::<D, R>(&api, &name, inc.spec, inc.resource_version.map(Revision)).await {
+            Ok(obj) => json(StatusCode::OK, &obj),
+            Err(s) => s.into_response(),
+        }
+    })
+}
+
+/// `PATCH .../{plural}/{name}` with `application/merge-patch+json` (RFC 7386). A
+/// `metadata.resourceVersion` in the patch is a precondition; without one, a conflict with
+/// a concurrent writer re-reads and re-applies the patch.
+pub(super) async fn patch<D: Datastore + 'static>(
+    State(api): State<Arc<ApiServer<D>>>,
+    Path((plural, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let def = match resolve(&plural) {
+        Ok(d) => d,
+        Err(s) => return s.into_response(),
+    };
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim();
+    if media != "application/merge-patch+json" {
+        let msg = format!(
+            "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got {media:?})"
+        );
+        return Status::new(415, "UnsupportedMediaType", msg).into_response();
+    }
+    let patch = match parse_body(&body) {
+        Ok(b) => b,
+        Err(s) => return s.into_response(),
+    };
+    with_kind!(def.kind, R => match patch_typed::<D, R>(&api, &name, &patch).await {
+        Ok(obj) => json(StatusCode::OK, &obj),
+        Err(s) => s.into_response(),
+    })
+}
+
+async fn patch_typed<D: Datastore + 'static, R: Resource>(
+    api: &ApiServer<D>,
+    name: &str,
+    patch: &Value,
+) -> Result<Value, Status> {
+    let pinned = patch["metadata"]["resourceVersion"]
+        .as_str()
+        .map(str::to_owned);
+    for _ in 0..UNCONDITIONAL_ATTEMPTS {
+        let current = api
+            .store
+            .get::<R>(name)
+            .await
+            .map_err(|e| store_status(R::KIND, name, e))?;
+        let mut obj = to_object(&current, &api.meta(R::KIND, name));
+        merge_patch(&mut obj, patch);
+        let inc = incoming::<R>(&obj, Some(name))?;
+        let rev = Revision(pinned.clone().unwrap_or(current.revision.0));
+        match put::<D, R>(api, name, inc.spec, Some(rev)).await {
+            Err(s) if s.reason == "Conflict" && pinned.is_none() => continue,
+            done => return done,
+        }
+    }
+    Err(store_status(R::KIND, name, StoreError::conflict::<R>(name)))
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(p) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    if let Value::Object(t) = target {
+        for (k, v) in p {
+            if v.is_null() {
+                t.remove(k);
+            } else {
+                merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+    }
+}
+
+/// `DELETE .../{plural}/{name}`, with optional `DeleteOptions.preconditions` (uid,
+/// resourceVersion): a mismatch is 409 and deletes nothing.
+pub(super) async fn delete<D: Datastore + 'static>(
+    State(api): State<Arc<ApiServer<D>>>,
+    Path((plural, name)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    let def = match resolve(&plural) {
+        Ok(d) => d,
+        Err(s) => return s.into_response(),
+    };
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        match parse_body(&body) {
+            Ok(b) => b,
+            Err(s) => return s.into_response(),
+        }
+    };
+    let pre = &opts["preconditions"];
+    if let Some(uid) = pre["uid"].as_str()
+        && uid != uid_of(def.kind, &name)
+    {
+        let why = format!(
+            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+            uid_of(def.kind, &name)
+        );
+        return Status::conflict(def.kind, &name, &why).into_response();
+    }
+    let rv = pre["resourceVersion"]
+        .as_str()
+        .map(|s| Revision(s.to_owned()));
+    with_kind!(def.kind, R => match delete_typed::<D, R>(&api, &name, rv).await {
+        Ok(body) => json(StatusCode::OK, &body),
+        Err(s) => s.into_response(),
+    })
+}
+
+async fn delete_typed<D: Datastore + 'static, R: Resource>(
+    api: &ApiServer<D>,
+    name: &str,
+    precondition: Option<Revision>,
+) -> Result<Value, Status> {
+    let kind = R::KIND;
+    let err = |e: StoreError| store_status(kind, name, e);
+    if let Some(rev) = precondition {
+        return match api.store.delete::<R>(name, &rev).await {
+            Ok(()) => {
+                api.forget(kind, name);
+                Ok(success(kind, name))
+            }
+            Err(StoreError::Conflict { .. }) => {
+                let now = match api.store.get::<R>(name).await {
+                    Ok(s) => s.revision.0,
+                    Err(_) => "(soft-deleted)".to_owned(),
+                };
+                let why = format!(
+                    "Precondition failed: ResourceVersion in precondition: {rev}, ResourceVersion in object meta: {now}"
+                );
+                Err(Status::conflict(kind, name, &why))
+            }
+            Err(e) => Err(err(e)),
+        };
+    }
+    for _ in 0..UNCONDITIONAL_ATTEMPTS {
+        let current = api.store.get::<R>(name).await.map_err(err)?;
+        match api.store.delete::<R>(name, &current.revision).await {
+            Ok(()) => {
+                let obj = to_object(&current, &api.meta(kind, name));
+                api.forget(kind, name);
+                return Ok(obj);
+            }
+            Err(StoreError::Conflict { .. }) => continue,
+            Err(e) => return Err(err(e)),
+        }
+    }
+    Err(err(StoreError::conflict::<R>(name)))
+}
+
+/// The `Status` kube-apiserver answers a delete with when it does not return the object.
+fn success(kind: Kind, name: &str) -> Value {
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": name, "group": GROUP, "kind": kind.plural(), "uid": uid_of(kind, name)},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patch_follows_rfc_7386() {
+        let mut t = json!({"a": "b", "c": {"d": "e", "f": "g"}});
+        merge_patch(&mut t, &json!({"a": "z", "c": {"f": null}}));
+        assert_eq!(t, json!({"a": "z", "c": {"d": "e"}}));
+        let mut t = json!({"a": [1, 2]});
+        merge_patch(&mut t, &json!({"a": [3]}));
+        assert_eq!(t, json!({"a": [3]}));
+    }
+}
