@@ -189,9 +189,31 @@ impl fmt::Display for DatastoreSpec {
 /// Fails without running `op` when the store cannot be opened or is not built in.
 pub async fn with_store<O: StoreOp>(spec: &DatastoreSpec, op: O) -> Result<O::Output> {
     match spec {
-        DatastoreSpec::Sqlite(path) => Ok(op.run(SqliteStore::open(path)?).await),
+        DatastoreSpec::Sqlite(path) => Ok(op.run(open_sqlite(path)?).await),
         DatastoreSpec::Etcd { .. } => Err(Error::Unsupported { kind: "etcdv3" }),
         DatastoreSpec::Kubernetes { .. } => Err(Error::Unsupported { kind: "kubernetes" }),
+    }
+}
+
+/// Opens the SQLite store, retrying a refusal that a concurrent first open can cause.
+///
+/// `ipam_sqlite` checks a file's schema by reading its version and its table list in two
+/// statements; a process doing so while another creates the schema can see the tables but
+/// not yet the version, and refuse the file as foreign (`Incompatible`). The creator's
+/// transaction commits within milliseconds, so looking again shortly after sees a complete
+/// schema; a file that really is foreign is still refused after the last attempt. (Reported
+/// to the ipam-sqlite owner: reading both in one transaction fixes it at the source.)
+fn open_sqlite(path: &Path) -> Result<SqliteStore> {
+    const ATTEMPTS: u32 = 4;
+    let mut attempt = 1;
+    loop {
+        match SqliteStore::open(path) {
+            Err(ipam_sqlite::Error::Incompatible { .. }) if attempt < ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(25 * u64::from(attempt)));
+                attempt += 1;
+            }
+            other => return Ok(other?),
+        }
     }
 }
 

@@ -1,0 +1,88 @@
+//! Many plugin processes at once on one host, as a runtime starting a burst of pods does.
+
+#![allow(clippy::unwrap_used)]
+
+mod cni_support;
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+
+use cni_support::{Net, PLUGIN, container_env};
+use serde_json::{Value, json};
+
+const PROCESSES: usize = 32;
+
+/// Starts one plugin process per container, all before waiting for any.
+fn spawn_all(cmd: &str, conf: &Value) -> Vec<Child> {
+    (0..PROCESSES)
+        .map(|i| {
+            let mut child = Command::new(PLUGIN)
+                .env_clear()
+                .envs(container_env(cmd, &format!("burst{i}"), "eth0"))
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(conf.to_string().as_bytes()).unwrap();
+            drop(stdin);
+            child
+        })
+        .collect()
+}
+
+fn wait_all(children: Vec<Child>) -> Vec<Value> {
+    children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "stdout {stdout} stderr {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if stdout.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&stdout).unwrap()
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn a_burst_of_adds_gets_distinct_addresses_and_dels_empty_the_store() {
+    let net = Net::new("burst");
+    // A fresh store: the burst also races on creating the database and the pool.
+    let conf = net.conf("1.0.0", json!({"ipv4_pools": ["10.99.0.0/24"]}));
+    let results = wait_all(spawn_all("ADD", &conf));
+    let addresses: BTreeSet<String> = results
+        .iter()
+        .map(|r| r["ips"][0]["address"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(addresses.len(), PROCESSES, "{addresses:?}");
+    let dump = net.dump();
+    assert_eq!(dump.allocated(), PROCESSES);
+    assert_eq!(dump.of_kind("IPAMHandle").count(), PROCESSES);
+
+    wait_all(spawn_all("DEL", &conf));
+    let dump = net.dump();
+    assert_eq!(dump.allocated(), 0);
+    assert_eq!(dump.of_kind("IPAMHandle").count(), 0);
+    // And the operator's consistency check finds nothing wrong.
+    let check = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+        .arg("--datastore")
+        .arg(format!("sqlite:{}", net.db.display()))
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "ipamctl check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
