@@ -17,12 +17,12 @@ pub mod resource;
 pub mod schema;
 pub mod selector;
 pub mod server;
-// pub mod store;
+pub mod store;
 
 pub use resource::{GROUP, NODE_LABEL, ResourceDef, VERSION};
 pub use schema::crd_manifests;
-pub use server::{ApiServer, ServeOptions, router, serve, serve_with_shutdown};
-// pub use store::KubeStore;
+pub use server::{ApiServer, Running, ServeOptions, router, serve, serve_with_shutdown};
+pub use store::KubeStore;
 
 /// What this crate's own setup calls can fail with (datastore calls use `StoreError`).
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +42,15 @@ pub enum Error {
     /// A client could not be built from the configuration.
     #[error("building the Kubernetes client: {0}")]
     Client(#[source] kube::Error),
+    /// The API server URL is malformed.
+    #[error("API server URL {url:?}: {source}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// Why it does not parse.
+        #[source]
+        source: http::uri::InvalidUri,
+    },
     /// Serving failed (the listener broke).
     #[error("serving the API: {0}")]
     Serve(#[source] std::io::Error),

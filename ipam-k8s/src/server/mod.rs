@@ -250,3 +250,52 @@ fn wants_table(headers: &HeaderMap) -> bool {
                 && params.contains(&"g=meta.k8s.io")
         })
 }
+
+/// A server running on a background task, stopped when dropped.
+pub struct Running {
+    addr: std::net::SocketAddr,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<crate::Result<()>>,
+}
+
+impl Running {
+    /// Binds `addr` (e.g. `127.0.0.1:0`) and serves `store` on a task of the current runtime.
+    pub async fn start<D: Datastore + 'static>(
+        addr: &str,
+        store: D,
+        options: ServeOptions,
+    ) -> crate::Result<Running> {
+        let listener = TcpListener::bind(addr).await.map_err(crate::Error::Serve)?;
+        let addr = listener.local_addr().map_err(crate::Error::Serve)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let stop = async move {
+            let _ = rx.await;
+        };
+        let task = tokio::spawn(serve_with_shutdown(listener, store, options, stop));
+        Ok(Running {
+            addr,
+            shutdown: Some(tx),
+            task,
+        })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        // Open watches would hold a graceful shutdown open; a dropped server ends them.
+        self.task.abort();
+    }
+}

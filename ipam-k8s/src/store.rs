@@ -1,0 +1,353 @@
+//! `KubeStore`: the datastore contract over a Kubernetes API server, with kube-rs.
+//!
+//! - A [`Revision`] is `<resourceVersion>/<uid>`, plus `/deleted` when the write that made it
+//!   soft-deleted the object. The uid rides along so that updates and deletes carry both
+//!   preconditions without an extra read (as Calico's KDD sends them), and the marker lets
+//!   an update of a soft-deleted object fail as `NotFound` without a round trip.
+//! - `update` is a PUT naming the resourceVersion (409 -> `Conflict`); `create` is a POST
+//!   (409 -> `AlreadyExists`, unless the existing object is soft-deleted: then it is
+//!   replaced at its resourceVersion); `delete` sends `preconditions` (uid, resourceVersion).
+//! - Node-scoped lists are label-selector lists on [`NODE_LABEL`], which every write sets
+//!   from the spec; lists are paged (`limit`/`continue`).
+//! - Every HTTP request is counted once in [`Datastore::op_counts`].
+
+use std::path::Path;
+use std::time::Duration;
+
+use ipam_core::store::{Op, OpCounter};
+use ipam_core::{Datastore, OpCounts, Resource, Revision, Scope, StoreError, Stored};
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams,
+    Preconditions,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde_json::{Value, json};
+
+use crate::resource::{API_VERSION, GROUP, NODE_LABEL, VERSION, labels_of, node_label_value};
+
+/// Objects per list page.
+const PAGE_SIZE: u32 = 500;
+/// Pages one list reads at most (5 million objects): a bound, not an expected size.
+const MAX_PAGES: usize = 10_000;
+/// How often `create` re-tries replacing a soft-deleted object that keeps changing.
+const CREATE_ATTEMPTS: usize = 3;
+
+/// A [`Datastore`] backed by `crd.projectcalico.org/v1` custom resources.
+pub struct KubeStore {
+    client: Client,
+    counter: OpCounter,
+}
+
+/// The parts of a [`Revision`].
+struct Rev<'a> {
+    resource_version: &'a str,
+    uid: Option<&'a str>,
+    deleted: bool,
+}
+
+impl KubeStore {
+    /// A store using `client`.
+    pub fn new(client: Client) -> Self {
+        KubeStore {
+            client,
+            counter: OpCounter::default(),
+        }
+    }
+
+    /// A store configured from `kubeconfig`, or, when `None`, from the environment: the
+    /// in-cluster service account, else `$KUBECONFIG` or `~/.kube/config`.
+    pub async fn connect(kubeconfig: Option<&Path>) -> crate::Result<Self> {
+        let mut config = match kubeconfig {
+            Some(path) => {
+                let err = |source| crate::Error::Kubeconfig {
+                    path: path.display().to_string(),
+                    source,
+                };
+                let kc = Kubeconfig::read_from(path).map_err(err)?;
+                Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .map_err(err)?
+            }
+            None => Config::infer()
+                .await
+                .map_err(|e| crate::Error::Client(kube::Error::InferConfig(e)))?,
+        };
+        // Bounded waits: a plugin call must not hang on a dead API server.
+        config.connect_timeout = Some(Duration::from_secs(10));
+        config.read_timeout = Some(Duration::from_secs(30));
+        config.write_timeout = Some(Duration::from_secs(30));
+        Client::try_from(config)
+            .map(KubeStore::new)
+            .map_err(crate::Error::Client)
+    }
+
+    /// A store talking plain HTTP, without credentials, to `url` (a local `ipamctl serve`).
+    pub fn for_url(url: &str) -> crate::Result<Self> {
+        let uri = url.parse().map_err(|source| crate::Error::InvalidUrl {
+            url: url.to_owned(),
+            source,
+        })?;
+        let mut config = Config::new(uri);
+        config.connect_timeout = Some(Duration::from_secs(10));
+        config.read_timeout = Some(Duration::from_secs(30));
+        Client::try_from(config)
+            .map(KubeStore::new)
+            .map_err(crate::Error::Client)
+    }
+
+    /// A store using the in-cluster service account.
+    pub async fn in_cluster() -> crate::Result<Self> {
+        let config = Config::incluster().map_err(crate::Error::InCluster)?;
+        Client::try_from(config)
+            .map(KubeStore::new)
+            .map_err(crate::Error::Client)
+    }
+
+    fn api<R: Resource>(&self) -> Api<DynamicObject> {
+        let ar = ApiResource {
+            group: GROUP.to_owned(),
+            version: VERSION.to_owned(),
+            api_version: API_VERSION.to_owned(),
+            kind: R::KIND.as_str().to_owned(),
+            plural: R::KIND.plural().to_owned(),
+        };
+        Api::all_with(self.client.clone(), &ar)
+    }
+
+    fn object<R: Resource>(
+        name: &str,
+        value: &R,
+        rev: Option<&Rev<'_>>,
+    ) -> Result<DynamicObject, StoreError> {
+        let labels = labels_of(value)
+            .into_iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_owned())))
+            .collect();
+        let spec = serde_json::to_value(value).map_err(other)?;
+        Ok(DynamicObject {
+            types: Some(kube::api::TypeMeta {
+                api_version: API_VERSION.to_owned(),
+                kind: R::KIND.as_str().to_owned(),
+            }),
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(labels),
+                resource_version: rev.map(|r| r.resource_version.to_owned()),
+                uid: rev.and_then(|r| r.uid.map(str::to_owned)),
+                ..ObjectMeta::default()
+            },
+            data: json!({ "spec": spec }),
+        })
+    }
+}
+
+impl Rev<'_> {
+    fn parse(rev: &Revision) -> Rev<'_> {
+        let mut parts = rev.0.split('/');
+        let resource_version = parts.next().unwrap_or("");
+        let uid = parts.next().filter(|u| !u.is_empty());
+        let deleted = parts.next() == Some("deleted");
+        Rev {
+            resource_version,
+            uid,
+            deleted,
+        }
+    }
+}
+
+/// The revision of a written or read object.
+fn revision_of<R: Resource>(obj: &DynamicObject, value: &R) -> Revision {
+    let rv = obj.metadata.resource_version.as_deref().unwrap_or("");
+    let uid = obj.metadata.uid.as_deref().unwrap_or("");
+    let mut s = format!("{rv}/{uid}");
+    if value.is_deleted() {
+        s.push_str("/deleted");
+    }
+    Revision(s)
+}
+
+/// Decodes an object read from the API.
+fn decode<R: Resource>(obj: DynamicObject) -> Result<Stored<R>, StoreError> {
+    let name = obj.metadata.name.clone().unwrap_or_default();
+    let spec = obj.data.get("spec").cloned().unwrap_or(Value::Null);
+    let value: R = serde_json::from_value(spec).map_err(|e| StoreError::Invalid {
+        kind: R::KIND,
+        name: name.clone(),
+        reason: format!("undecodable spec: {e}"),
+    })?;
+    Ok(Stored {
+        revision: revision_of(&obj, &value),
+        name,
+        value,
+    })
+}
+
+fn other(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Other {
+        source: Box::new(e),
+    }
+}
+
+/// Maps an API error about `name` to the contract's errors.
+fn map_err<R: Resource>(name: &str, e: kube::Error) -> StoreError {
+    match &e {
+        kube::Error::Api(resp) => match (resp.code, resp.reason.as_str()) {
+            (404, _) => StoreError::not_found::<R>(name),
+            (409, "AlreadyExists") => StoreError::already_exists::<R>(name),
+            (409, _) => StoreError::conflict::<R>(name),
+            (400 | 422, _) => StoreError::Invalid {
+                kind: R::KIND,
+                name: name.to_owned(),
+                reason: resp.message.clone(),
+            },
+            (429 | 500..=599, _) => StoreError::Unavailable {
+                source: Box::new(e),
+            },
+            _ => other(e),
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => StoreError::Unavailable {
+            source: Box::new(e),
+        },
+        _ => other(e),
+    }
+}
+
+impl Datastore for KubeStore {
+    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
+        self.counter.count(Op::Get);
+        let obj = self
+            .api::<R>()
+            .get(name)
+            .await
+            .map_err(|e| map_err::<R>(name, e))?;
+        let stored = decode::<R>(obj)?;
+        if stored.value.is_deleted() {
+            return Err(StoreError::not_found::<R>(name));
+        }
+        Ok(stored)
+    }
+
+    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+        let api = self.api::<R>();
+        let mut params = ListParams::default().limit(PAGE_SIZE);
+        if let Scope::Node(node) = scope {
+            params = params.labels(&format!("{NODE_LABEL}={}", node_label_value(node)));
+        }
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            self.counter.count(Op::List);
+            let page = api.list(&params).await.map_err(|e| map_err::<R>("", e))?;
+            for obj in page.items {
+                let stored = decode::<R>(obj)?;
+                // A digest label value can collide; the spec decides.
+                let on_node = match scope {
+                    Scope::All => true,
+                    Scope::Node(node) => stored.value.node() == Some(node),
+                };
+                if on_node && !stored.value.is_deleted() {
+                    out.push(stored);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => {
+                    out.sort_by(|a, b| a.name.cmp(&b.name));
+                    return Ok(out);
+                }
+            }
+        }
+        Err(StoreError::Invalid {
+            kind: R::KIND,
+            name: String::new(),
+            reason: format!("list exceeded {MAX_PAGES} pages"),
+        })
+    }
+
+    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
+        let api = self.api::<R>();
+        for _ in 0..CREATE_ATTEMPTS {
+            self.counter.count(Op::Create);
+            let obj = Self::object(name, &value, None)?;
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(created) => return Ok(revision_of(&created, &value)),
+                Err(e) => match map_err::<R>(name, e) {
+                    StoreError::AlreadyExists { .. } => {}
+                    e => return Err(e),
+                },
+            }
+            // A soft-deleted object of that name is replaced; a live one wins.
+            self.counter.count(Op::Get);
+            let existing = match api.get(name).await {
+                Ok(o) => decode::<R>(o)?,
+                Err(e) => match map_err::<R>(name, e) {
+                    StoreError::NotFound { .. } => continue,
+                    e => return Err(e),
+                },
+            };
+            if !existing.value.is_deleted() {
+                return Err(StoreError::already_exists::<R>(name));
+            }
+            let rev = Rev::parse(&existing.revision);
+            self.counter.count(Op::Update);
+            let obj = Self::object(
+                name,
+                &value,
+                Some(&Rev {
+                    deleted: false,
+                    ..rev
+                }),
+            )?;
+            match api.replace(name, &PostParams::default(), &obj).await {
+                Ok(replaced) => return Ok(revision_of(&replaced, &value)),
+                Err(e) => match map_err::<R>(name, e) {
+                    StoreError::Conflict { .. } | StoreError::NotFound { .. } => continue,
+                    e => return Err(e),
+                },
+            }
+        }
+        Err(StoreError::already_exists::<R>(name))
+    }
+
+    async fn update<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
+        let rev = Rev::parse(revision);
+        if rev.deleted {
+            // The revision is of a soft-deleted object, which is absent to writers too.
+            return Err(StoreError::not_found::<R>(name));
+        }
+        self.counter.count(Op::Update);
+        let obj = Self::object(name, &value, Some(&rev))?;
+        let written = self
+            .api::<R>()
+            .replace(name, &PostParams::default(), &obj)
+            .await
+            .map_err(|e| map_err::<R>(name, e))?;
+        Ok(revision_of(&written, &value))
+    }
+
+    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
+        let rev = Rev::parse(revision);
+        self.counter.count(Op::Delete);
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(rev.resource_version.to_owned()),
+                uid: rev.uid.map(str::to_owned),
+            }),
+            ..DeleteParams::default()
+        };
+        self.api::<R>()
+            .delete(name, &params)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err::<R>(name, e))
+    }
+
+    fn op_counts(&self) -> OpCounts {
+        self.counter.snapshot()
+    }
+}
