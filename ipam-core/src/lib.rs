@@ -49,5 +49,6 @@ pub use model::{
 };
 pub use selector::Selector;
 pub use store::{
-    Datastore, Kind, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    BatchWrite, Datastore, Kind, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError,
+    Stored, Write,
 };

@@ -8,8 +8,10 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::model::IpamConfig;
 use crate::store::{
-    Datastore, Kind, Op, OpCounter, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    BatchWrite, Datastore, Kind, NodeSnapshot, Op, OpCounter, OpCounts, Resource, Revision, Scope,
+    StoreError, Stored, Write,
 };
 
 /// An in-memory [`Datastore`].
@@ -52,17 +54,95 @@ impl MemoryStore {
 
     fn get_now<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
         self.counter.count(Op::Get);
-        let inner = self.lock();
-        match inner.tables.get(&R::KIND).and_then(|t| t.objects.get(name)) {
-            Some(e) if !e.deleted => Ok(stored(name, e)),
-            _ => Err(StoreError::not_found::<R>(name)),
-        }
+        self.lock()
+            .get(name)
+            .ok_or_else(|| StoreError::not_found::<R>(name))
     }
 
     fn list_now<R: Resource>(&self, scope: Scope<'_>) -> Vec<Stored<R>> {
         self.counter.count(Op::List);
+        self.lock().list(scope)
+    }
+
+    fn put_now<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        expect: Expect<'_>,
+    ) -> Result<Revision, StoreError> {
+        self.counter.count(match expect {
+            Expect::Absent => Op::Create,
+            Expect::Revision(_) => Op::Update,
+        });
+        let mut inner = self.lock();
+        inner.check_put::<R>(name, expect)?;
+        Ok(inner.put(name, value))
+    }
+
+    fn delete_now<R: Resource>(&self, name: &str, rev: &Revision) -> Result<(), StoreError> {
+        self.counter.count(Op::Delete);
+        let mut inner = self.lock();
+        inner.check_delete::<R>(name, rev)?;
+        inner.remove::<R>(name);
+        Ok(())
+    }
+
+    fn snapshot_now(&self, node: &str) -> NodeSnapshot {
+        self.counter.count(Op::List);
         let inner = self.lock();
-        let Some(table) = inner.tables.get(&R::KIND) else {
+        NodeSnapshot {
+            config: inner.get(IpamConfig::NAME),
+            pools: inner.list(Scope::All),
+            reservations: inner.list(Scope::All),
+            affinities: inner.list(Scope::Node(node)),
+            blocks: inner.list(Scope::Node(node)),
+        }
+    }
+
+    fn commit_now(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.counter.count(Op::Update);
+        let mut inner = self.lock();
+        // Every precondition is checked before anything is applied, under the one lock: the
+        // batch is atomic. Naming an object twice would make the checks stale, so it is refused.
+        let mut seen = std::collections::HashSet::new();
+        for w in &writes {
+            let (kind, name) = match w {
+                BatchWrite::Block(w) => (Kind::IpamBlock, w.name()),
+                BatchWrite::Handle(w) => (Kind::IpamHandle, w.name()),
+            };
+            if !seen.insert((kind, name.to_owned())) {
+                let reason = "a batch names the same object twice".into();
+                return Err(StoreError::Invalid {
+                    kind,
+                    name: name.to_owned(),
+                    reason,
+                });
+            }
+            match w {
+                BatchWrite::Block(w) => inner.check_write(w)?,
+                BatchWrite::Handle(w) => inner.check_write(w)?,
+            }
+        }
+        Ok(writes
+            .into_iter()
+            .map(|w| match w {
+                BatchWrite::Block(w) => inner.apply(w),
+                BatchWrite::Handle(w) => inner.apply(w),
+            })
+            .collect())
+    }
+}
+
+impl Inner {
+    fn get<R: Resource>(&self, name: &str) -> Option<Stored<R>> {
+        match self.tables.get(&R::KIND).and_then(|t| t.objects.get(name)) {
+            Some(e) if !e.deleted => Some(stored(name, e)),
+            _ => None,
+        }
+    }
+
+    fn list<R: Resource>(&self, scope: Scope<'_>) -> Vec<Stored<R>> {
+        let Some(table) = self.tables.get(&R::KIND) else {
             return Vec::new();
         };
         let live = |(name, e): (&String, &Entry)| (!e.deleted).then(|| stored(name, e));
@@ -79,33 +159,56 @@ impl MemoryStore {
         }
     }
 
-    fn put_now<R: Resource>(
-        &self,
-        name: &str,
-        value: R,
-        expect: Expect<'_>,
-    ) -> Result<Revision, StoreError> {
-        self.counter.count(match expect {
-            Expect::Absent => Op::Create,
-            Expect::Revision(_) => Op::Update,
-        });
-        let mut inner = self.lock();
-        inner.next_revision += 1;
-        let revision = inner.next_revision;
-        let table = inner.tables.entry(R::KIND).or_default();
-        match (table.objects.get(name), expect) {
-            (Some(e), Expect::Absent) if !e.deleted => {
-                return Err(StoreError::already_exists::<R>(name));
-            }
-            (Some(e), Expect::Revision(_)) if e.deleted => {
-                return Err(StoreError::not_found::<R>(name));
-            }
-            (None, Expect::Revision(_)) => return Err(StoreError::not_found::<R>(name)),
+    fn check_put<R: Resource>(&self, name: &str, expect: Expect<'_>) -> Result<(), StoreError> {
+        let existing = self.tables.get(&R::KIND).and_then(|t| t.objects.get(name));
+        match (existing, expect) {
+            (Some(e), Expect::Absent) if !e.deleted => Err(StoreError::already_exists::<R>(name)),
+            (Some(e), Expect::Revision(_)) if e.deleted => Err(StoreError::not_found::<R>(name)),
+            (None, Expect::Revision(_)) => Err(StoreError::not_found::<R>(name)),
             (Some(e), Expect::Revision(rev)) if Revision::from_u64(e.revision) != *rev => {
-                return Err(StoreError::conflict::<R>(name));
+                Err(StoreError::conflict::<R>(name))
             }
-            _ => {}
+            _ => Ok(()),
         }
+    }
+
+    fn check_delete<R: Resource>(&self, name: &str, rev: &Revision) -> Result<(), StoreError> {
+        match self.tables.get(&R::KIND).and_then(|t| t.objects.get(name)) {
+            None => Err(StoreError::not_found::<R>(name)),
+            Some(e) if Revision::from_u64(e.revision) != *rev => {
+                Err(StoreError::conflict::<R>(name))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn check_write<R: Resource>(&self, w: &Write<R>) -> Result<(), StoreError> {
+        match w {
+            Write::Create { name, .. } => self.check_put::<R>(name, Expect::Absent),
+            Write::Update { name, revision, .. } => {
+                self.check_put::<R>(name, Expect::Revision(revision))
+            }
+            Write::Delete { name, revision } => self.check_delete::<R>(name, revision),
+        }
+    }
+
+    fn apply<R: Resource>(&mut self, w: Write<R>) -> Option<Revision> {
+        match w {
+            Write::Create { name, value } | Write::Update { name, value, .. } => {
+                Some(self.put(&name, value))
+            }
+            Write::Delete { name, .. } => {
+                self.remove::<R>(&name);
+                None
+            }
+        }
+    }
+
+    /// Stores `value` under a new revision; preconditions were checked by the caller.
+    fn put<R: Resource>(&mut self, name: &str, value: R) -> Revision {
+        self.next_revision += 1;
+        let revision = self.next_revision;
+        let table = self.tables.entry(R::KIND).or_default();
         table.unindex(name);
         let node = value.node().map(str::to_owned);
         if let Some(node) = &node {
@@ -122,24 +225,13 @@ impl MemoryStore {
             value: Arc::new(value),
         };
         table.objects.insert(name.to_owned(), entry);
-        Ok(Revision::from_u64(revision))
+        Revision::from_u64(revision)
     }
 
-    fn delete_now<R: Resource>(&self, name: &str, rev: &Revision) -> Result<(), StoreError> {
-        self.counter.count(Op::Delete);
-        let mut inner = self.lock();
-        let table = inner.tables.entry(R::KIND).or_default();
-        match table.objects.get(name) {
-            None => Err(StoreError::not_found::<R>(name)),
-            Some(e) if Revision::from_u64(e.revision) != *rev => {
-                Err(StoreError::conflict::<R>(name))
-            }
-            Some(_) => {
-                table.unindex(name);
-                table.objects.remove(name);
-                Ok(())
-            }
-        }
+    fn remove<R: Resource>(&mut self, name: &str) {
+        let table = self.tables.entry(R::KIND).or_default();
+        table.unindex(name);
+        table.objects.remove(name);
     }
 }
 
@@ -204,6 +296,18 @@ impl Datastore for MemoryStore {
 
     fn op_counts(&self) -> OpCounts {
         self.counter.snapshot()
+    }
+
+    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        Ok(self.snapshot_now(node))
+    }
+
+    fn supports_commit(&self) -> bool {
+        true
+    }
+
+    async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.commit_now(writes)
     }
 }
 

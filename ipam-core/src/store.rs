@@ -162,6 +162,54 @@ pub struct NodeSnapshot {
     pub blocks: Vec<Stored<IpamBlock>>,
 }
 
+/// One write of a [`Datastore::commit`] batch.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write<R> {
+    /// Create; fails with `AlreadyExists` if a live object has the name.
+    Create {
+        /// The object name.
+        name: String,
+        /// The new value.
+        value: R,
+    },
+    /// Compare-and-swap update.
+    Update {
+        /// The object name.
+        name: String,
+        /// The new value.
+        value: R,
+        /// The revision the caller read.
+        revision: Revision,
+    },
+    /// Compare-and-swap delete.
+    Delete {
+        /// The object name.
+        name: String,
+        /// The revision the caller read.
+        revision: Revision,
+    },
+}
+
+impl<R> Write<R> {
+    /// The object the write names.
+    pub fn name(&self) -> &str {
+        match self {
+            Write::Create { name, .. }
+            | Write::Update { name, .. }
+            | Write::Delete { name, .. } => name,
+        }
+    }
+}
+
+/// A write to a block or a handle: the objects an assignment or release changes together.
+#[derive(Clone, Debug, PartialEq)]
+pub enum BatchWrite {
+    /// A write of an `IPAMBlock`.
+    Block(Write<IpamBlock>),
+    /// A write of an `IPAMHandle`.
+    Handle(Write<IpamHandle>),
+}
+
 /// A resource kind the datastore can hold.
 pub trait Resource:
     Clone + fmt::Debug + Send + Sync + Serialize + DeserializeOwned + 'static
@@ -223,6 +271,31 @@ pub trait Datastore: Send + Sync {
 
     /// Round trips so far.
     fn op_counts(&self) -> OpCounts;
+
+    /// Whether [`Datastore::commit`] is available. Stores with multi-object transactions
+    /// (SQLite, etcd) say yes; the allocator then writes a block and its handle in one round
+    /// trip, and a crash can never leave them disagreeing.
+    fn supports_commit(&self) -> bool {
+        false
+    }
+
+    /// Applies `writes` atomically: all of them, or none and the first failure (`Conflict`,
+    /// `AlreadyExists`, `NotFound`). Returns each write's new revision (`None` for deletes).
+    /// Counted as one update round trip. The default refuses: callers check
+    /// [`Datastore::supports_commit`] first.
+    fn commit(
+        &self,
+        writes: Vec<BatchWrite>,
+    ) -> impl Future<Output = Result<Vec<Option<Revision>>, StoreError>> + Send {
+        let _ = writes;
+        async {
+            Err(StoreError::Invalid {
+                kind: Kind::IpamBlock,
+                name: String::new(),
+                reason: "this datastore has no multi-object transactions".into(),
+            })
+        }
+    }
 
     /// Everything the allocator reads for `node` before assigning. Backends that can read
     /// several ranges at once (a SQLite read transaction, an etcd transaction) override this.

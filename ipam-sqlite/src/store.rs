@@ -9,8 +9,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use ipam_core::store::{Op, OpCounter};
 use ipam_core::{
-    BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig, NodeSnapshot, OpCounts,
-    Resource, Revision, Scope, StoreError, Stored,
+    BatchWrite, BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig,
+    NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -100,68 +100,117 @@ impl SqliteStore {
             Expect::Absent => Op::Create,
             Expect::Revision(_) => Op::Update,
         });
-        let spec = serde_json::to_string(value).map_err(|e| StoreError::Invalid {
-            kind: R::KIND,
-            name: name.to_owned(),
-            reason: e.to_string(),
-        })?;
         let mut conn = self.lock();
         let tx = write_tx(&mut conn)?;
-        let revision = next_revision(&tx)?;
-        let params = (
-            R::KIND.as_str(),
-            name,
-            revision,
-            value.node(),
-            value.is_deleted(),
-            &spec,
-        );
-        let changed = match expect {
-            // Replaces a soft-deleted row; a live one stays and makes this a no-op.
-            Expect::Absent => tx.prepare_cached(
-                "INSERT INTO objects (kind, name, revision, node, deleted, spec)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision,
-                   node = excluded.node, deleted = excluded.deleted, spec = excluded.spec
-                 WHERE objects.deleted",
-            ),
-            Expect::Revision(_) => tx.prepare_cached(
-                "UPDATE objects SET revision = ?3, node = ?4, deleted = ?5, spec = ?6
-                 WHERE kind = ?1 AND name = ?2 AND revision = ?7 AND NOT deleted",
-            ),
-        }
-        .and_then(|mut stmt| match expect {
-            Expect::Absent => stmt.execute(params),
-            Expect::Revision(rev) => {
-                let (k, n, r, nd, d, s) = params;
-                stmt.execute((k, n, r, nd, d, s, revision_number(rev)))
-            }
-        })
-        .map_err(sql)?;
-        if changed == 0 {
-            // Dropping the transaction rolls back the counter bump as well.
-            return Err(why_not::<R>(&tx, name, expect)?);
-        }
+        // On error the dropped transaction rolls back the counter bump as well.
+        let revision = put_in(&tx, name, value, expect)?;
         tx.commit().map_err(sql)?;
-        Ok(Revision::from_u64(revision as u64))
+        Ok(revision)
     }
 
     fn delete_now<R: Resource>(&self, name: &str, rev: &Revision) -> Result<(), StoreError> {
         self.counter.count(Op::Delete);
         let mut conn = self.lock();
         let tx = write_tx(&mut conn)?;
-        let changed = tx
-            .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND name = ?2 AND revision = ?3")
-            .and_then(|mut s| s.execute((R::KIND.as_str(), name, revision_number(rev))))
-            .map_err(sql)?;
-        if changed == 0 {
-            return Err(match row_state::<R>(&tx, name)? {
-                None => StoreError::not_found::<R>(name),
-                Some(_) => StoreError::conflict::<R>(name),
-            });
-        }
+        delete_in::<R>(&tx, name, rev)?;
         tx.commit().map_err(sql)
     }
+
+    fn commit_now(&self, writes: &[BatchWrite]) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.counter.count(Op::Update);
+        let mut conn = self.lock();
+        let tx = write_tx(&mut conn)?;
+        let revisions = writes
+            .iter()
+            .map(|w| match w {
+                BatchWrite::Block(w) => apply(&tx, w),
+                BatchWrite::Handle(w) => apply(&tx, w),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        tx.commit().map_err(sql)?;
+        Ok(revisions)
+    }
+}
+
+/// One write of a batch inside `tx`.
+fn apply<R: Resource>(tx: &Transaction<'_>, w: &Write<R>) -> Result<Option<Revision>, StoreError> {
+    match w {
+        Write::Create { name, value } => put_in(tx, name, value, Expect::Absent).map(Some),
+        Write::Update {
+            name,
+            value,
+            revision,
+        } => put_in(tx, name, value, Expect::Revision(revision)).map(Some),
+        Write::Delete { name, revision } => delete_in::<R>(tx, name, revision).map(|()| None),
+    }
+}
+
+/// Creates or CAS-updates one object inside `tx`; on failure the caller drops `tx`.
+fn put_in<R: Resource>(
+    tx: &Transaction<'_>,
+    name: &str,
+    value: &R,
+    expect: Expect<'_>,
+) -> Result<Revision, StoreError> {
+    let spec = serde_json::to_string(value).map_err(|e| StoreError::Invalid {
+        kind: R::KIND,
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let revision = next_revision(tx)?;
+    let params = (
+        R::KIND.as_str(),
+        name,
+        revision,
+        value.node(),
+        value.is_deleted(),
+        &spec,
+    );
+    let changed = match expect {
+        // Replaces a soft-deleted row; a live one stays and makes this a no-op.
+        Expect::Absent => tx.prepare_cached(
+            "INSERT INTO objects (kind, name, revision, node, deleted, spec)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision,
+               node = excluded.node, deleted = excluded.deleted, spec = excluded.spec
+             WHERE objects.deleted",
+        ),
+        Expect::Revision(_) => tx.prepare_cached(
+            "UPDATE objects SET revision = ?3, node = ?4, deleted = ?5, spec = ?6
+             WHERE kind = ?1 AND name = ?2 AND revision = ?7 AND NOT deleted",
+        ),
+    }
+    .and_then(|mut stmt| match expect {
+        Expect::Absent => stmt.execute(params),
+        Expect::Revision(rev) => {
+            let (k, n, r, nd, d, s) = params;
+            stmt.execute((k, n, r, nd, d, s, revision_number(rev)))
+        }
+    })
+    .map_err(sql)?;
+    if changed == 0 {
+        return Err(why_not::<R>(tx, name, expect)?);
+    }
+    Ok(Revision::from_u64(revision as u64))
+}
+
+/// CAS-deletes one object inside `tx`.
+fn delete_in<R: Resource>(
+    tx: &Transaction<'_>,
+    name: &str,
+    rev: &Revision,
+) -> Result<(), StoreError> {
+    let changed = tx
+        .prepare_cached("DELETE FROM objects WHERE kind = ?1 AND name = ?2 AND revision = ?3")
+        .and_then(|mut s| s.execute((R::KIND.as_str(), name, revision_number(rev))))
+        .map_err(sql)?;
+    if changed == 0 {
+        return Err(match row_state::<R>(tx, name)? {
+            None => StoreError::not_found::<R>(name),
+            Some(_) => StoreError::conflict::<R>(name),
+        });
+    }
+    Ok(())
 }
 
 /// Starts a write transaction holding the database's write lock from the first statement, so
@@ -311,6 +360,14 @@ impl Datastore for SqliteStore {
 
     async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
         self.snapshot_now(node)
+    }
+
+    fn supports_commit(&self) -> bool {
+        true
+    }
+
+    async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.commit_now(&writes)
     }
 }
 

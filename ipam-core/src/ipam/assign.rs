@@ -12,7 +12,7 @@ use crate::model::{
     AffinityState, AllocationAttribute, IntendedUse, IpPool, IpamBlock, IpamConfig, IpamHandle,
 };
 use crate::selector::Selector;
-use crate::store::{Datastore, NodeSnapshot, Scope, StoreError, Stored};
+use crate::store::{BatchWrite, Datastore, NodeSnapshot, Scope, StoreError, Stored, Write};
 
 use super::{Family, Ipam, Labels, Reservations};
 
@@ -97,7 +97,7 @@ impl<D: Datastore> Ipam<D> {
     /// All or nothing: when not every address can be had, those already taken are released
     /// and the error says how many could be found.
     pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<Assigned> {
-        let snapshot = self.store.node_snapshot(args.node.as_str()).await?;
+        let mut snapshot = self.store.node_snapshot(args.node.as_str()).await?;
         let mut req = Request {
             args,
             config: snapshot
@@ -129,7 +129,7 @@ impl<D: Datastore> Ipam<D> {
                 continue;
             }
             let got = self
-                .assign_family(&snapshot, &mut req, family, num, requested, &mut out)
+                .assign_family(&mut snapshot, &mut req, family, num, requested, &mut out)
                 .await;
             if let Err(e) = got {
                 self.undo(&out).await;
@@ -206,7 +206,7 @@ impl<D: Datastore> Ipam<D> {
 
     async fn assign_family(
         &self,
-        snapshot: &NodeSnapshot,
+        snapshot: &mut NodeSnapshot,
         req: &mut Request<'_>,
         family: Family,
         num: u32,
@@ -219,7 +219,13 @@ impl<D: Datastore> Ipam<D> {
         let mut got: Vec<IpNet> = Vec::new();
         // The node's confirmed blocks, in CIDR order; pending ones are claims to finish.
         let mut owned = 0u32;
-        let mut mine: Vec<&Stored<IpamBlock>> = snapshot.blocks.iter().collect();
+        let mut held: HashSet<IpNet> = snapshot.blocks.iter().map(|b| b.value.cidr).collect();
+        // The family's blocks are moved out of the snapshot, not cloned: the copy of a block
+        // is most of the cost of an assignment.
+        let (mut mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.blocks)
+            .into_iter()
+            .partition(|b| Family::of(&b.value.cidr) == family);
+        snapshot.blocks = others;
         mine.sort_by_key(|b| {
             (
                 crate::cidr::ip_to_u128(b.value.cidr.network()),
@@ -227,9 +233,6 @@ impl<D: Datastore> Ipam<D> {
             )
         });
         for block in mine {
-            if Family::of(&block.value.cidr) != family {
-                continue;
-            }
             let Some(state) = affinity_state(snapshot, node, &block.value.cidr) else {
                 continue;
             };
@@ -246,7 +249,7 @@ impl<D: Datastore> Ipam<D> {
                 }
             }
             got.extend(
-                self.assign_from_block(block.clone(), req, num - got.len() as u32, Some(node))
+                self.assign_from_block(block, req, num - got.len() as u32, Some(node))
                     .await?,
             );
         }
@@ -255,7 +258,6 @@ impl<D: Datastore> Ipam<D> {
             .max_blocks_per_host
             .unwrap_or_else(|| req.config.effective_max_blocks());
         let mut hit_limit = false;
-        let mut held: HashSet<IpNet> = snapshot.blocks.iter().map(|b| b.value.cidr).collect();
         while (got.len() as u32) < num && req.config.auto_allocate_blocks {
             if owned >= limit {
                 hit_limit = true;
@@ -361,21 +363,93 @@ impl<D: Datastore> Ipam<D> {
         known: &mut Option<Stored<IpamHandle>>,
     ) -> Result<()> {
         let cidr = block.value.cidr.to_string();
-        if let Some(h) = &attr.handle_id {
-            self.increment_handle(h, &cidr, n, known).await?;
-        }
-        let written = self
-            .store
-            .update(&block.name, block.value, &block.revision)
-            .await;
-        if let Err(e) = written {
-            if let Some(h) = &attr.handle_id {
-                *known = None;
-                self.decrement_handle(h, &cidr, n).await?;
+        match &attr.handle_id {
+            Some(h) if self.store.supports_commit() => {
+                self.commit_assignment(block, h, &cidr, n, known).await
             }
-            return Err(e.into());
+            Some(h) => {
+                self.increment_handle(h, &cidr, n, known).await?;
+                let written = self
+                    .store
+                    .update(&block.name, block.value, &block.revision)
+                    .await;
+                if let Err(e) = written {
+                    *known = None;
+                    self.decrement_handle(h, &cidr, n).await?;
+                    return Err(e.into());
+                }
+                Ok(())
+            }
+            None => {
+                self.store
+                    .update(&block.name, block.value, &block.revision)
+                    .await?;
+                Ok(())
+            }
         }
-        Ok(())
+    }
+
+    /// The block and its handle in one transaction. Any failure is returned as a conflict
+    /// after refreshing what is known of the handle, so the retry re-reads both.
+    async fn commit_assignment(
+        &self,
+        block: Stored<IpamBlock>,
+        handle: &str,
+        cidr: &str,
+        n: u32,
+        known: &mut Option<Stored<IpamHandle>>,
+    ) -> Result<()> {
+        let (mut value, revision) = match known.take() {
+            Some(s) => (s.value, Some(s.revision)),
+            None => (IpamHandle::new(handle), None),
+        };
+        *value.block.entry(cidr.to_owned()).or_default() += n;
+        let name = handle.to_owned();
+        let handle_write = match revision {
+            Some(revision) => Write::Update {
+                name: name.clone(),
+                value: value.clone(),
+                revision,
+            },
+            None => Write::Create {
+                name: name.clone(),
+                value: value.clone(),
+            },
+        };
+        let block_write = Write::Update {
+            name: block.name,
+            value: block.value,
+            revision: block.revision,
+        };
+        let batch = vec![
+            BatchWrite::Handle(handle_write),
+            BatchWrite::Block(block_write),
+        ];
+        match self.store.commit(batch).await {
+            Ok(revisions) => {
+                if let Some(Some(revision)) = revisions.into_iter().next() {
+                    *known = Some(Stored {
+                        name,
+                        revision,
+                        value,
+                    });
+                }
+                Ok(())
+            }
+            Err(
+                e @ (StoreError::Conflict { .. }
+                | StoreError::AlreadyExists { .. }
+                | StoreError::NotFound { .. }),
+            ) => {
+                *known = self.handle_if_present(handle).await?;
+                Err(StoreError::Conflict {
+                    kind: crate::store::Kind::IpamBlock,
+                    name: e.to_string(),
+                }
+                .into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Borrows addresses from blocks of other nodes (or of none), in a per-node order.
