@@ -9,10 +9,11 @@
 use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse};
 use ipam_core::store::Op;
 use ipam_core::{
-    BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig, NodeSnapshot, OpCounts,
-    Resource, Revision, Scope, StoreError, Stored,
+    BatchWrite, BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig,
+    NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
 };
 
+use crate::assignment::HandleWrite;
 use crate::keys::{Keys, indexed, revision_number};
 use crate::store::{
     EtcdStore, committed, decode, decode_range, encode, get_op, range_at, range_op,
@@ -328,5 +329,69 @@ impl Datastore for EtcdStore {
 
     async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
         self.snapshot_now(node).await
+    }
+
+    fn supports_commit(&self) -> bool {
+        true
+    }
+
+    /// Supports the batch the allocator writes: a handle (create or update) and the block it
+    /// counts, in one transaction. Other shapes are refused as `Invalid`.
+    async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
+        let mut writes = writes.into_iter();
+        let (Some(BatchWrite::Handle(h)), Some(BatchWrite::Block(b)), None) =
+            (writes.next(), writes.next(), writes.next())
+        else {
+            return Err(StoreError::Invalid {
+                kind: ipam_core::Kind::IpamHandle,
+                name: String::new(),
+                reason: "etcd commits a handle write followed by a block update".into(),
+            });
+        };
+        let handle = match h {
+            Write::Create { name, value } => HandleWrite {
+                name,
+                value,
+                revision: None,
+            },
+            Write::Update {
+                name,
+                value,
+                revision,
+            } => HandleWrite {
+                name,
+                value,
+                revision: Some(revision),
+            },
+            Write::Delete { name, .. } => {
+                return Err(StoreError::Invalid {
+                    kind: ipam_core::Kind::IpamHandle,
+                    name,
+                    reason: "etcd commits do not delete handles".into(),
+                });
+            }
+        };
+        let Write::Update {
+            name,
+            value,
+            revision,
+        } = b
+        else {
+            return Err(StoreError::Invalid {
+                kind: ipam_core::Kind::IpamBlock,
+                name: b.name().to_owned(),
+                reason: "etcd commits update an existing block".into(),
+            });
+        };
+        let block = Stored {
+            name,
+            revision,
+            value,
+        };
+        let rev = self
+            .write_assignment(handle, block)
+            .await
+            .map_err(|e| e.error)?;
+        Ok(vec![Some(rev.clone()), Some(rev)])
     }
 }

@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Debug;
 
 use ipam_core::{
-    AffinityState, AllocationAttribute, BlockAffinity, BlockCidr, Datastore, IpPool, IpReservation,
-    IpamBlock, IpamConfig, IpamHandle, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    AffinityState, AllocationAttribute, BatchWrite, BlockAffinity, BlockCidr, Datastore, IpPool,
+    IpReservation, IpamBlock, IpamConfig, IpamHandle, OpCounts, Resource, Revision, Scope,
+    StoreError, Stored, Write,
 };
 
 mod load;
@@ -50,6 +51,7 @@ macro_rules! datastore_conformance {
             large_blocks_round_trip,
             operation_counters,
             node_snapshot_matches_reads,
+            commit_is_all_or_nothing,
         );
     };
     (@checks $make:expr; $($check:ident),* $(,)?) => {
@@ -544,4 +546,82 @@ pub async fn node_snapshot_matches_reads<D: Datastore>(store: D) {
         }
     }
     assert_eq!(s.list::<IpPool>(Scope::All).await.unwrap().len(), 2);
+}
+
+/// `commit` (where a store offers it) applies a handle write and a block update together or
+/// not at all; a store that does not offer it refuses every batch.
+pub async fn commit_is_all_or_nothing<D: Datastore>(store: D) {
+    let s = &store;
+    let (bname, b0) = block("10.0.0.0/26", Some("host:a"));
+    let rb = s.create(&bname, b0.clone()).await.unwrap();
+    let mut b1 = b0.clone();
+    b1.sequence_number += 1;
+    let mut h = IpamHandle::new("h");
+    h.block.insert("10.0.0.0/26".into(), 1);
+    let batch = |h: Write<IpamHandle>, rev: &Revision, b: &IpamBlock| {
+        let update = Write::Update {
+            name: bname.clone(),
+            value: b.clone(),
+            revision: rev.clone(),
+        };
+        vec![BatchWrite::Handle(h), BatchWrite::Block(update)]
+    };
+    let create = || Write::Create {
+        name: "h".into(),
+        value: h.clone(),
+    };
+    if !s.supports_commit() {
+        assert!(s.commit(batch(create(), &rb, &b1)).await.is_err());
+        assert!(s.get::<IpamHandle>("h").await.unwrap_err().is_not_found());
+        return;
+    }
+    // A stale block revision: nothing is applied, not even the handle create.
+    let stale = Revision("999999999".into());
+    let err = s.commit(batch(create(), &stale, &b1)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Conflict { .. } | StoreError::NotFound { .. }
+        ),
+        "{err}"
+    );
+    assert!(s.get::<IpamHandle>("h").await.unwrap_err().is_not_found());
+    assert_eq!(s.get::<IpamBlock>(&bname).await.unwrap().value, b0);
+    // Both at once; the revisions returned are the ones now stored.
+    let before = s.op_counts();
+    let revs = s.commit(batch(create(), &rb, &b1)).await.unwrap();
+    assert_eq!(
+        s.op_counts().since(&before).writes(),
+        1,
+        "one write round trip"
+    );
+    let (gh, gb) = (
+        s.get::<IpamHandle>("h").await.unwrap(),
+        s.get::<IpamBlock>(&bname).await.unwrap(),
+    );
+    assert_eq!((gh.value, &gb.value), (h.clone(), &b1));
+    assert_eq!(
+        revs,
+        vec![Some(gh.revision.clone()), Some(gb.revision.clone())]
+    );
+    // Creating a live handle again fails, and the block update beside it is not applied.
+    let mut b2 = b1.clone();
+    b2.sequence_number += 1;
+    let err = s
+        .commit(batch(create(), &gb.revision, &b2))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err}");
+    assert_eq!(s.get::<IpamBlock>(&bname).await.unwrap(), gb);
+    // A CAS update of the handle with the block.
+    let mut h2 = h.clone();
+    h2.block.insert("10.0.0.0/26".into(), 2);
+    let upd = Write::Update {
+        name: "h".into(),
+        value: h2.clone(),
+        revision: gh.revision.clone(),
+    };
+    s.commit(batch(upd, &gb.revision, &b2)).await.unwrap();
+    assert_eq!(s.get::<IpamHandle>("h").await.unwrap().value, h2);
+    assert_eq!(s.get::<IpamBlock>(&bname).await.unwrap().value, b2);
 }
