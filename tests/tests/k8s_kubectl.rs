@@ -301,3 +301,75 @@ async fn watch_streams_a_new_object() {
     );
     assert!(names.contains(&("ADDED", "late-handle")), "{names:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_writes_follow_the_api_rules() {
+    let (server, _ipam) = populated().await;
+    let k = Kubectl::new(&server);
+
+    // Merge patch (kubectl patch --type merge) changes the spec, seen in the printer columns.
+    k.ok(&[
+        "patch",
+        "ippool",
+        "default-ipv4-ippool",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"spec":{"disabled":true}}"#,
+    ])
+    .await;
+    let pools = k.ok(&["get", "ippools", "--no-headers"]).await;
+    assert!(pools.contains("true"), "{pools}");
+    // Strategic merge patch is not defined for custom resources: 415.
+    let smp = k
+        .run(&[
+            "patch",
+            "ippool",
+            "default-ipv4-ippool",
+            "-p",
+            r#"{"spec":{}}"#,
+        ])
+        .await;
+    assert!(!smp.status.success());
+    let smp_err = String::from_utf8_lossy(&smp.stderr);
+    assert!(
+        smp_err.contains("UnsupportedMediaType") || smp_err.contains("unknown format"),
+        "{smp_err}"
+    );
+
+    // Labels are derived from the spec; a label the datastore cannot keep is refused (422).
+    let label = k
+        .run(&["label", "ipamhandle", "k8s-pod-network.aaa", "team=x"])
+        .await;
+    assert!(!label.status.success(), "an unstorable label was accepted");
+    assert!(String::from_utf8_lossy(&label.stderr).contains("is invalid"));
+
+    // Create: 201, then AlreadyExists; a malformed spec is Invalid.
+    let handle = r#"{"apiVersion":"crd.projectcalico.org/v1","kind":"IPAMHandle",
+        "metadata":{"name":"made-by-kubectl"},"spec":{"handleID":"made-by-kubectl","block":{}}}"#;
+    write(&k.path("h.json"), handle);
+    let file = k.path("h.json");
+    let create = ["create", "--validate=false", "-f", file.to_str().unwrap()];
+    k.ok(&create).await;
+    let again = k.run(&create).await;
+    assert!(String::from_utf8_lossy(&again.stderr).contains("AlreadyExists"));
+    write(
+        &k.path("bad.json"),
+        &handle.replace(r#""block":{}"#, r#""block":7"#),
+    );
+    let bad = k
+        .run(&[
+            "create",
+            "--validate=false",
+            "-f",
+            k.path("bad.json").to_str().unwrap(),
+        ])
+        .await;
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is invalid"));
+
+    // Paged lists: one object per page still lists all three handles.
+    let paged = k
+        .ok(&["get", "ipamhandles", "--chunk-size=1", "-o", "name"])
+        .await;
+    assert_eq!(paged.lines().count(), 3, "{paged}");
+}
