@@ -31,6 +31,7 @@ mod memory {
         concurrent_counter_counts_every_success,
         large_blocks_round_trip,
         node_snapshot_matches_reads,
+        commit_is_all_or_nothing,
     );
 }
 
@@ -55,5 +56,6 @@ mod etcd {
         concurrent_counter_counts_every_success,
         large_blocks_round_trip,
         node_snapshot_matches_reads,
+        commit_is_all_or_nothing,
     );
 }
