@@ -140,7 +140,10 @@ fn bridge_delegates_to_the_plugin_and_containers_talk() {
         let (ok, result, text) = bridge("ADD", ns, &container, &conf);
         assert!(ok, "bridge ADD in {ns}: {text}");
         let ip = result["ips"][0]["address"].as_str().unwrap().to_owned();
-        assert!(ip.starts_with("10.99.0.") && ip.ends_with("/26"), "{result}");
+        assert!(
+            ip.starts_with("10.99.0.") && ip.ends_with("/26"),
+            "{result}"
+        );
         assert_eq!(addresses_in(ns), vec![ip.clone()], "addresses in {ns}");
         results.push((container, result, ip));
     }
@@ -149,7 +152,17 @@ fn bridge_delegates_to_the_plugin_and_containers_talk() {
     let peer = results[1].2.split('/').next().unwrap();
     sh(
         "ip",
-        &["netns", "exec", &cleanup.namespaces[0], "ping", "-c", "1", "-W", "2", peer],
+        &[
+            "netns",
+            "exec",
+            &cleanup.namespaces[0],
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            peer,
+        ],
     );
 
     // CHECK through bridge (which also CHECKs the IPAM plugin) with the ADD result.
