@@ -12,6 +12,7 @@ pub mod gc;
 pub mod output;
 pub mod pool;
 pub mod release;
+pub mod serve;
 pub mod show;
 
 use std::io::Write;
@@ -47,6 +48,18 @@ pub enum CtlError {
         #[source]
         source: std::io::Error,
     },
+    /// `serve` could not listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why not.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The API server stopped with an error.
+    #[error(transparent)]
+    Serve(ipam_k8s::Error),
     /// Writing the output failed (a closed pipe, a full disk).
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),
@@ -120,16 +133,23 @@ pub enum Command {
     Release(release::ReleaseArgs),
     /// Return cooled-down addresses, surplus empty blocks and crash leftovers.
     Gc(gc::GcArgs),
+    /// Serve the datastore as a Kubernetes-style API (for `kubectl get ipamblocks`).
+    Serve(serve::ServeArgs),
+    /// Print the CustomResourceDefinitions (apiextensions.k8s.io/v1) of the IPAM resources.
+    Crds,
 }
 
 /// Runs a parsed command on `store`, writing results to `out`; returns the exit status.
 /// `state_default` is where `gc` keeps its observations when `--state` is not given.
-pub async fn run<D: Datastore>(
+pub async fn run<D: Datastore + 'static>(
     cli: &Cli,
     store: D,
     out: &mut dyn Write,
     state_default: Option<PathBuf>,
 ) -> Result<u8> {
+    if let Command::Serve(args) = &cli.command {
+        return serve::run(store, args, out).await;
+    }
     let ipam = Ipam::new(store);
     let format = cli.output;
     match &cli.command {
@@ -139,6 +159,9 @@ pub async fn run<D: Datastore>(
         Command::Check(args) => check::run(&ipam, args, format, out).await,
         Command::Release(args) => release::run(&ipam, args, format, out).await,
         Command::Gc(args) => gc::run(&ipam, args, format, out, state_default).await,
+        Command::Crds => serve::crds(out),
+        // Taken before the store was wrapped.
+        Command::Serve(_) => Ok(EXIT_OK),
     }
 }
 

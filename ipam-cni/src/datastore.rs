@@ -6,8 +6,8 @@
 //! |---|---|
 //! | `sqlite:PATH` | the embedded SQLite store in `PATH` |
 //! | `sqlite` or nothing | the embedded store at [`ipam_sqlite::default_path`] |
-//! | `etcdv3:URL[,URL...]` | etcd v3 (parsed; not built into this binary yet) |
-//! | `kubernetes[:KUBECONFIG]` | Kubernetes CRDs (parsed; not built in yet) |
+//! | `etcdv3:URL[,URL...]` | etcd v3 at those endpoints ([`ipam_etcd::EtcdStore`]) |
+//! | `kubernetes[:KUBECONFIG]` | Kubernetes CRDs ([`ipam_k8s::KubeStore`]); without a path: the in-cluster account, then `$KUBECONFIG`, then `~/.kube/config` |
 //!
 //! The spec comes from a command-line flag, else the environment variable
 //! [`DATASTORE_ENV`], else the embedded default ([`DatastoreSpec::resolve`]).
@@ -39,15 +39,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
-    /// The spec names a datastore this build cannot use yet.
-    #[error("the {kind} datastore is not supported by this build yet; use sqlite:PATH")]
-    Unsupported {
-        /// The datastore kind (`etcdv3`, `kubernetes`).
-        kind: &'static str,
-    },
     /// The embedded store could not be opened.
     #[error(transparent)]
     Sqlite(#[from] ipam_sqlite::Error),
+    /// etcd could not be reached or its settings are wrong.
+    #[error("etcd: {0}")]
+    Etcd(#[from] ipam_etcd::Error),
+    /// The Kubernetes API could not be reached or the kubeconfig is wrong.
+    #[error("kubernetes: {0}")]
+    Kubernetes(#[from] ipam_k8s::Error),
 }
 
 /// `Result` with [`Error`].
@@ -189,30 +189,15 @@ impl fmt::Display for DatastoreSpec {
 /// Fails without running `op` when the store cannot be opened or is not built in.
 pub async fn with_store<O: StoreOp>(spec: &DatastoreSpec, op: O) -> Result<O::Output> {
     match spec {
-        DatastoreSpec::Sqlite(path) => Ok(op.run(open_sqlite(path)?).await),
-        DatastoreSpec::Etcd { .. } => Err(Error::Unsupported { kind: "etcdv3" }),
-        DatastoreSpec::Kubernetes { .. } => Err(Error::Unsupported { kind: "kubernetes" }),
-    }
-}
-
-/// Opens the SQLite store, retrying a refusal that a concurrent first open can cause.
-///
-/// `ipam_sqlite` checks a file's schema by reading its version and its table list in two
-/// statements; a process doing so while another creates the schema can see the tables but
-/// not yet the version, and refuse the file as foreign (`Incompatible`). The creator's
-/// transaction commits within milliseconds, so looking again shortly after sees a complete
-/// schema; a file that really is foreign is still refused after the last attempt. (Reported
-/// to the ipam-sqlite owner: reading both in one transaction fixes it at the source.)
-fn open_sqlite(path: &Path) -> Result<SqliteStore> {
-    const ATTEMPTS: u32 = 4;
-    let mut attempt = 1;
-    loop {
-        match SqliteStore::open(path) {
-            Err(ipam_sqlite::Error::Incompatible { .. }) if attempt < ATTEMPTS => {
-                std::thread::sleep(std::time::Duration::from_millis(25 * u64::from(attempt)));
-                attempt += 1;
-            }
-            other => return Ok(other?),
+        DatastoreSpec::Sqlite(path) => Ok(op.run(SqliteStore::open(path)?).await),
+        DatastoreSpec::Etcd { endpoints } => {
+            let store =
+                ipam_etcd::EtcdStore::connect(ipam_etcd::EtcdConfig::new(endpoints.clone()));
+            Ok(op.run(store.await?).await)
+        }
+        DatastoreSpec::Kubernetes { kubeconfig } => {
+            let store = ipam_k8s::KubeStore::connect(kubeconfig.as_deref()).await?;
+            Ok(op.run(store).await)
         }
     }
 }
@@ -304,13 +289,10 @@ mod tests {
     struct CountPools;
 
     impl StoreOp for CountPools {
-        type Output = usize;
-        async fn run<D: Datastore + 'static>(self, store: D) -> usize {
+        type Output = ipam_core::Result<usize>;
+        async fn run<D: Datastore + 'static>(self, store: D) -> Self::Output {
             let ipam = ipam_core::Ipam::new(store);
-            ipam.list_pools()
-                .await
-                .map(|p| p.len())
-                .unwrap_or(usize::MAX)
+            ipam.list_pools().await.map(|p| p.len())
         }
     }
 
@@ -319,16 +301,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = DatastoreSpec::Sqlite(dir.path().join("ipam.db"));
         let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
             .unwrap();
-        assert_eq!(rt.block_on(with_store(&spec, CountPools)).unwrap(), 0);
-        assert!(dir.path().join("ipam.db").exists());
-        let etcd = "etcdv3:http://127.0.0.1:1".parse().unwrap();
-        let err = rt.block_on(with_store(&etcd, CountPools)).unwrap_err();
-        assert!(
-            matches!(err, Error::Unsupported { kind: "etcdv3" }),
-            "{err}"
+        assert_eq!(
+            rt.block_on(with_store(&spec, CountPools)).unwrap().unwrap(),
+            0
         );
-        assert!(err.to_string().contains("not supported"));
+        assert!(dir.path().join("ipam.db").exists());
+        // Nothing listens on port 1: the etcd arm is taken (it connects lazily) and the first
+        // read fails as retryable, which the plugin reports as "try again later".
+        let etcd = "etcdv3:http://127.0.0.1:1".parse().unwrap();
+        let err = rt
+            .block_on(with_store(&etcd, CountPools))
+            .unwrap()
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
     }
 }

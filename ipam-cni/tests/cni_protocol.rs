@@ -264,7 +264,8 @@ fn rejected_requests_change_nothing() {
     unknown_version["cniVersion"] = json!("7.0.0");
     let mut etcd = good.clone();
     etcd["datastore_type"] = json!("etcdv3");
-    etcd["etcd_endpoints"] = json!("http://127.0.0.1:2379");
+    // Nothing listens on port 1 of loopback: an unreachable etcd.
+    etcd["etcd_endpoints"] = json!("http://127.0.0.1:1");
     let cases: Vec<(&str, Env, String, u64)> = vec![
         ("malformed JSON", env("ADD"), "{\"cniVersion\":".into(), 6),
         (
@@ -325,7 +326,7 @@ fn rejected_requests_change_nothing() {
             ipam(json!({"assign_ipv4": "yes"})),
             7,
         ),
-        ("unsupported datastore", env("ADD"), etcd.to_string(), 7),
+        ("unreachable etcd", env("ADD"), etcd.to_string(), 11),
         (
             "pool named but missing",
             env("ADD"),

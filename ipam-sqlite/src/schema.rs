@@ -57,7 +57,12 @@ pub(crate) fn open(path: &Path) -> Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(setup)?;
     // Everything up to here only reads: a foreign or newer file is refused before the first
     // statement that could write to it (switching the journal mode rewrites the header).
-    check_version(&conn, path, user_version(&conn, path)?)?;
+    // The version and the table count are read in one read transaction: another process may
+    // be creating the schema of a fresh file right now, and two separate reads could see
+    // "version 0" and then "tables present" and take the file for somebody else's.
+    let read = conn.unchecked_transaction().map_err(setup)?;
+    check_version(&read, path, user_version(&read, path)?)?;
+    drop(read);
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(setup)?;

@@ -26,6 +26,13 @@ impl StoreOp for Run<'_> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The manifests need no datastore: print them without opening (or creating) one.
+    if matches!(cli.command, ctl::Command::Crds) {
+        return match ctl::serve::crds(&mut std::io::stdout().lock()) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => fail(&e.to_string()),
+        };
+    }
     // The flag also reads IPAM_DATASTORE (clap's `env`), so resolve needs no second look.
     let spec = match DatastoreSpec::resolve_from(cli.datastore.as_deref(), None) {
         Ok(spec) => spec,

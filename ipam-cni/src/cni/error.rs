@@ -122,6 +122,10 @@ impl CniError {
             CniError::Datastore(datastore::Error::Sqlite(_)) | CniError::Runtime(_) => {
                 Cni::IOFailure(details)
             }
+            // An etcd that cannot be reached now may be reachable on the runtime's retry.
+            CniError::Datastore(datastore::Error::Etcd(e)) if e.is_retryable() => {
+                Cni::TryAgainLater(details)
+            }
             CniError::Datastore(_) => Cni::InvalidNetworkConfig(details),
             CniError::Ipam(e) => ipam_error(e, details),
             CniError::TimedOut { .. } => Cni::TryAgainLater(details),
