@@ -5,6 +5,7 @@
 //! block. The free list is a FIFO queue: assignment pops the head, release pushes the tail.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -92,7 +93,7 @@ impl IpamBlock {
     /// The attribute of an allocated ordinal.
     pub fn attribute_of(&self, ordinal: u32) -> Option<&AllocationAttribute> {
         let index = (*self.allocations.get(ordinal as usize)?)?;
-        self.attributes.get(index as usize)
+        self.attributes.get(index as usize).map(|a| &**a)
     }
 
     /// Whether `ordinal` is held by a live owner (allocated and not cooling down).
@@ -324,10 +325,10 @@ impl IpamBlock {
 
     /// The index of an attribute equal to `attr`, appending one if there is none.
     fn attribute_index(&mut self, attr: &AllocationAttribute) -> u32 {
-        match self.attributes.iter().position(|a| a == attr) {
+        match self.attributes.iter().position(|a| **a == *attr) {
             Some(i) => i as u32,
             None => {
-                self.attributes.push(attr.clone());
+                self.attributes.push(Arc::new(attr.clone()));
                 self.attributes.len() as u32 - 1
             }
         }
@@ -467,7 +468,7 @@ mod tests {
         b.assign(2, &attr("a"), |_| false);
         b.unallocated.push_back(0);
         b.unallocated.push_back(3);
-        b.attributes.push(attr("orphan"));
+        b.attributes.push(Arc::new(attr("orphan")));
         let p = b.problems().join("; ");
         assert!(p.contains("ordinal 0 is both free and allocated"), "{p}");
         assert!(p.contains("ordinal 3 is free twice"), "{p}");

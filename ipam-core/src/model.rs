@@ -5,6 +5,7 @@
 //! fields and nulls follow Calico so that objects written by either side read on the other.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -100,8 +101,9 @@ pub struct IpamBlock {
     pub allocations: Vec<Option<u32>>,
     /// Free ordinals, oldest free first.
     pub unallocated: VecDeque<u32>,
-    /// Owners of allocations, shared by ordinals with equal attributes.
-    pub attributes: Vec<AllocationAttribute>,
+    /// Owners of allocations, shared by ordinals with equal attributes. Each entry is behind
+    /// an `Arc` so that copying a block (every read of a store) copies pointers, not strings.
+    pub attributes: Vec<Arc<AllocationAttribute>>,
     /// Raised on every write of the block.
     pub sequence_number: u64,
     /// The block's sequence number when each ordinal was allocated.

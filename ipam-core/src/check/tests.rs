@@ -183,7 +183,8 @@ fn cooldowns_past_their_time() {
         released_at: Some(rfc3339(now() - time::Duration::seconds(61))),
         ..recent.clone()
     };
-    b.attributes.extend([recent, stale]);
+    b.attributes
+        .extend([recent, stale].map(std::sync::Arc::new));
     let (ra, sa) = (b.attributes.len() as u32 - 2, b.attributes.len() as u32 - 1);
     let free: Vec<u32> = b.unallocated.drain(..2).collect();
     b.allocations[free[0] as usize] = Some(ra);
