@@ -4,20 +4,14 @@
 //!
 //! Usage: `etcd-bench [--endpoint URL] [--quick]`. Without `--endpoint` it starts its own etcd
 //! (Debian's `etcd-server`, on loopback, data in memory). `--quick` runs a tenth of the work.
-//!
-//! The "1-write" rows do what `Ipam` would do with a `Datastore::write_assignment`: the node
-//! snapshot, then the block and the new handle in one transaction.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
-use ipam_core::{
-    AllocationAttribute, AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, IpamHandle, NodeName,
-    OpCounts,
-};
+use ipam_core::{AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, NodeName, OpCounts};
 use ipam_etcd::local::LocalEtcd;
-use ipam_etcd::{EtcdConfig, EtcdStore, HandleWrite};
+use ipam_etcd::{EtcdConfig, EtcdStore};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -27,15 +21,6 @@ struct Figures {
     wall: Duration,
     latencies: Vec<Duration>,
     ops: OpCounts,
-}
-
-/// How an allocator performs one ADD.
-#[derive(Clone, Copy, PartialEq)]
-enum Path {
-    /// `Ipam::auto_assign`.
-    Ipam,
-    /// Node snapshot plus one block-and-handle transaction.
-    OneWrite,
 }
 
 fn main() -> Result<(), BoxError> {
@@ -70,14 +55,8 @@ async fn run(endpoint: &str, quick: bool) -> Result<(), BoxError> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (c, each) in [(1usize, 250usize), (8, 100), (64, 20)] {
-        for path in [Path::Ipam, Path::OneWrite] {
-            let f = steady(endpoint, c, (each / scale).max(2), path).await?;
-            let name = match path {
-                Path::Ipam => format!("steady ADD, {c} allocators"),
-                Path::OneWrite => format!("steady ADD, {c} allocators, 1-write"),
-            };
-            row(&name, &f, put);
-        }
+        let f = steady(endpoint, c, (each / scale).max(2)).await?;
+        row(&format!("steady ADD, {c} allocators"), &f, put);
     }
     let f = storm(endpoint, 64).await?;
     row("block-claim storm, 64 nodes", &f, put);
@@ -110,14 +89,14 @@ async fn fresh_pool(endpoint: &str, prefix: &str) -> Result<(), BoxError> {
 
 /// `c` allocators, each on its own node with its own client, each doing one warm-up ADD (the
 /// block claim) and then `each` timed ADDs.
-async fn steady(endpoint: &str, c: usize, each: usize, path: Path) -> Result<Figures, BoxError> {
-    let prefix = format!("/bench/steady-{c}-{}/", path as u8);
+async fn steady(endpoint: &str, c: usize, each: usize) -> Result<Figures, BoxError> {
+    let prefix = format!("/bench/steady-{c}/");
     fresh_pool(endpoint, &prefix).await?;
     let mut allocators = Vec::with_capacity(c);
     for i in 0..c {
         let ipam = Ipam::new(store(endpoint, &prefix).await?);
         let node = NodeName::new(format!("node-{i}"))?;
-        add(&ipam, &node, "warm", path).await?;
+        add(&ipam, &node, "warm").await?;
         allocators.push((Arc::new(ipam), node));
     }
     let before: Vec<OpCounts> = allocators
@@ -133,7 +112,7 @@ async fn steady(endpoint: &str, c: usize, each: usize, path: Path) -> Result<Fig
                 let mut lat = Vec::with_capacity(each);
                 for k in 0..each {
                     let t = Instant::now();
-                    add(&ipam, &node, &k.to_string(), path).await?;
+                    add(&ipam, &node, &k.to_string()).await?;
                     lat.push(t.elapsed());
                 }
                 Ok::<_, BoxError>(lat)
@@ -176,7 +155,7 @@ async fn storm(endpoint: &str, n: usize) -> Result<Figures, BoxError> {
             tokio::spawn(async move {
                 let node = NodeName::new(format!("node-{i}"))?;
                 let t = Instant::now();
-                add(&ipam, &node, "first", Path::Ipam).await?;
+                add(&ipam, &node, "first").await?;
                 Ok::<_, BoxError>(t.elapsed())
             })
         })
@@ -198,61 +177,11 @@ async fn storm(endpoint: &str, n: usize) -> Result<Figures, BoxError> {
 }
 
 /// One ADD of one IPv4 address for `node`, with a handle named after the node and `tag`.
-async fn add(
-    ipam: &Ipam<EtcdStore>,
-    node: &NodeName,
-    tag: &str,
-    path: Path,
-) -> Result<(), BoxError> {
+async fn add(ipam: &Ipam<EtcdStore>, node: &NodeName, tag: &str) -> Result<(), BoxError> {
     let handle = HandleId::new(format!("bench.{node}.{tag}"))?;
-    match path {
-        Path::Ipam => {
-            let args = AutoAssignArgs::new(node.clone(), 1, 0).with_handle(handle);
-            ipam.auto_assign(&args).await?;
-            Ok(())
-        }
-        Path::OneWrite => one_write_add(ipam, node, &handle).await,
-    }
-}
-
-/// The steady-state ADD as `Ipam` would do it with a multi-object write: read the node's
-/// snapshot, take the head of a block's free queue, write block and handle together. Falls
-/// back to `auto_assign` when the node has no block with room (the warm-up claim).
-async fn one_write_add(
-    ipam: &Ipam<EtcdStore>,
-    node: &NodeName,
-    handle: &HandleId,
-) -> Result<(), BoxError> {
-    let attr = AllocationAttribute {
-        handle_id: Some(handle.to_string()),
-        ..AllocationAttribute::default()
-    };
-    for _ in 0..ipam_core::MAX_ATTEMPTS {
-        let snap = ipam.store().node_snapshot(node.as_str()).await?;
-        let Some(mut block) = snap
-            .blocks
-            .into_iter()
-            .find(|b| !b.value.unallocated.is_empty())
-        else {
-            let args = AutoAssignArgs::new(node.clone(), 1, 0).with_handle(handle.clone());
-            ipam.auto_assign(&args).await?;
-            return Ok(());
-        };
-        block.value.assign(1, &attr, |_| false);
-        let mut value = IpamHandle::new(handle.as_str());
-        value.block.insert(block.value.cidr.to_string(), 1);
-        let write = HandleWrite {
-            name: handle.to_string(),
-            value,
-            revision: None,
-        };
-        match ipam.store().write_assignment(write, block).await {
-            Ok(_) => return Ok(()),
-            Err(e) if e.error.is_conflict() => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err("conflicts did not stop".into())
+    let args = AutoAssignArgs::new(node.clone(), 1, 0).with_handle(handle);
+    ipam.auto_assign(&args).await?;
+    Ok(())
 }
 
 fn add_counts(a: OpCounts, b: OpCounts) -> OpCounts {
