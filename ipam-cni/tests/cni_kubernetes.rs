@@ -68,6 +68,53 @@ fn burst(cmd: &str, kubeconfig: &std::path::Path) -> Vec<Output> {
         .collect()
 }
 
+/// Runs the real kubectl (fails clearly when it is missing: scripts/install-deps installs it).
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--cache-dir")
+        .arg(kubeconfig.with_file_name("kube-cache"))
+        .args(args)
+        .output()
+        .expect("kubectl must be installed (Debian: kubernetes-client; scripts/install-deps)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// kubectl shows the blocks (with their printer columns), affinities, handles and pool that
+/// the plugins created.
+fn kubectl_sees(kubeconfig: &std::path::Path, addresses: &BTreeSet<String>) {
+    let blocks = kubectl(kubeconfig, &["get", "ipamblocks"]);
+    let header: Vec<&str> = blocks.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "CIDR", "AFFINITY", "AGE"], "{blocks}");
+    for node in 0..NODES {
+        assert!(blocks.contains(&format!("host:node-{node}")), "{blocks}");
+    }
+    let affinities = kubectl(kubeconfig, &["get", "blockaffinities", "-o", "yaml"]);
+    assert_eq!(
+        affinities.matches("state: confirmed").count(),
+        NODES,
+        "{affinities}"
+    );
+    let handles = kubectl(kubeconfig, &["get", "ipamhandles", "-o", "name"]);
+    assert_eq!(handles.lines().count(), addresses.len(), "{handles}");
+    assert!(
+        handles.contains("ipamhandle.crd.projectcalico.org/k8snet.k8s0"),
+        "{handles}"
+    );
+    let pools = kubectl(kubeconfig, &["get", "ippools"]);
+    assert!(
+        pools.contains("k8s-pool") && pools.contains("10.98.0.0/24"),
+        "{pools}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_on_several_nodes_share_nothing_through_the_kubernetes_api() {
     let server = Running::start("127.0.0.1:0", MemoryStore::new(), ServeOptions::default())
@@ -109,6 +156,12 @@ async fn plugins_on_several_nodes_share_nothing_through_the_kubernetes_api() {
     assert_eq!(owners.len(), NODES, "{owners:?}");
     let problems = ipam_core::testing::check_invariants(store).await.unwrap();
     assert!(problems.is_empty(), "{problems:?}");
+    // What the plugins wrote, as an operator sees it with the real kubectl.
+    let k = kubeconfig.clone();
+    let seen_by_kubectl = seen.clone();
+    tokio::task::spawn_blocking(move || kubectl_sees(&k, &seen_by_kubectl))
+        .await
+        .unwrap();
 
     let k = kubeconfig.clone();
     let dels = tokio::task::spawn_blocking(move || burst("DEL", &k))
