@@ -80,6 +80,12 @@ impl IpamBlock {
             .and_then(|a| a.strip_prefix("host:"))
     }
 
+    /// Whether an assignment could find an address here: a free ordinal, or one cooling down
+    /// (its cooldown may have passed). A block without either is full for the allocator.
+    pub fn has_room(&self) -> bool {
+        !self.unallocated.is_empty() || self.attributes.iter().any(|a| a.released_at.is_some())
+    }
+
     /// Ordinals that are allocated, in cooldown or not.
     pub fn in_use(&self) -> usize {
         self.allocations.iter().filter(|a| a.is_some()).count()

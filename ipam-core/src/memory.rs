@@ -8,7 +8,7 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::model::IpamConfig;
+use crate::model::{IpamBlock, IpamConfig};
 use crate::store::{
     BatchWrite, Datastore, Kind, NodeSnapshot, Op, OpCounter, OpCounts, Resource, Revision, Scope,
     StoreError, Stored, Write,
@@ -95,7 +95,7 @@ impl MemoryStore {
             pools: inner.list(Scope::All),
             reservations: inner.list(Scope::All),
             affinities: inner.list(Scope::Node(node)),
-            blocks: inner.list(Scope::Node(node)),
+            blocks: inner.list_where(Scope::Node(node), IpamBlock::has_room),
         }
     }
 
@@ -142,10 +142,22 @@ impl Inner {
     }
 
     fn list<R: Resource>(&self, scope: Scope<'_>) -> Vec<Stored<R>> {
+        self.list_where(scope, |_: &R| true)
+    }
+
+    /// Lists the live objects that `keep` accepts, copying only those.
+    fn list_where<R: Resource>(
+        &self,
+        scope: Scope<'_>,
+        keep: impl Fn(&R) -> bool,
+    ) -> Vec<Stored<R>> {
         let Some(table) = self.tables.get(&R::KIND) else {
             return Vec::new();
         };
-        let live = |(name, e): (&String, &Entry)| (!e.deleted).then(|| stored(name, e));
+        let live = |(name, e): (&String, &Entry)| {
+            let wanted = !e.deleted && e.value.downcast_ref::<R>().is_some_and(&keep);
+            wanted.then(|| stored(name, e))
+        };
         match scope {
             Scope::All => table.objects.iter().filter_map(live).collect(),
             Scope::Node(node) => table

@@ -158,7 +158,9 @@ pub struct NodeSnapshot {
     pub reservations: Vec<Stored<IpReservation>>,
     /// The node's affinities, in any state.
     pub affinities: Vec<Stored<BlockAffinity>>,
-    /// Blocks whose `affinity` names the node.
+    /// Blocks whose `affinity` names the node and that may have room
+    /// ([`IpamBlock::has_room`]). A store may leave out full blocks, so that the steady state
+    /// does not read every block a busy node has filled; it may also include them.
     pub blocks: Vec<Stored<IpamBlock>>,
 }
 
@@ -224,6 +226,12 @@ pub trait Resource:
 
     /// The node this object belongs to, for [`Scope::Node`] listing.
     fn node(&self) -> Option<&str> {
+        None
+    }
+
+    /// For blocks, [`IpamBlock::has_room`]: an index a store may keep so that
+    /// [`Datastore::node_snapshot`] can skip full blocks without reading them.
+    fn room_hint(&self) -> Option<bool> {
         None
     }
 }
@@ -309,12 +317,14 @@ pub trait Datastore: Send + Sync {
                 Err(StoreError::NotFound { .. }) => None,
                 Err(e) => return Err(e),
             };
+            let mut blocks: Vec<Stored<IpamBlock>> = self.list(Scope::Node(node)).await?;
+            blocks.retain(|b| b.value.has_room());
             Ok(NodeSnapshot {
                 config,
                 pools: self.list(Scope::All).await?,
                 reservations: self.list(Scope::All).await?,
                 affinities: self.list(Scope::Node(node)).await?,
-                blocks: self.list(Scope::Node(node)).await?,
+                blocks,
             })
         }
     }

@@ -8,7 +8,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 use crate::{Error, Result};
 
 /// The schema version this build reads and writes (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a call waits for another process's write lock before giving up with
 /// `StoreError::Unavailable`. Plugin processes on one node queue on the lock; a write holds it
@@ -33,6 +33,9 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
         last INTEGER NOT NULL
     );
     INSERT INTO revision (id, last) VALUES (1, 0);",
+    // 1 -> 2: whether a block has room (NULL: not a block, or not known), so that the node
+    // snapshot skips full blocks without reading their specs.
+    "ALTER TABLE objects ADD COLUMN room INTEGER;",
 ];
 
 /// Waits for another process's lock by retrying every 0.1-0.8 ms, for [`BUSY_TIMEOUT`] in

@@ -84,7 +84,7 @@ impl SqliteStore {
             pools: list_in::<IpPool>(&tx, Scope::All)?,
             reservations: list_in::<IpReservation>(&tx, Scope::All)?,
             affinities: list_in::<BlockAffinity>(&tx, Scope::Node(node))?,
-            blocks: list_in::<IpamBlock>(&tx, Scope::Node(node))?,
+            blocks: blocks_with_room(&tx, node)?,
         };
         tx.commit().map_err(sql)?;
         Ok(snapshot)
@@ -158,6 +158,10 @@ fn put_in<R: Resource>(
         reason: e.to_string(),
     })?;
     let revision = next_revision(tx)?;
+    let expected = match expect {
+        Expect::Absent => -1,
+        Expect::Revision(rev) => revision_number(rev),
+    };
     let params = (
         R::KIND.as_str(),
         name,
@@ -165,28 +169,26 @@ fn put_in<R: Resource>(
         value.node(),
         value.is_deleted(),
         &spec,
+        expected,
+        value.room_hint(),
     );
     let changed = match expect {
-        // Replaces a soft-deleted row; a live one stays and makes this a no-op.
+        // Replaces a soft-deleted row; a live one stays and makes this a no-op. (?7, the
+        // expected revision, is bound but unused: SQLite counts parameters up to ?8.)
         Expect::Absent => tx.prepare_cached(
-            "INSERT INTO objects (kind, name, revision, node, deleted, spec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO objects (kind, name, revision, node, deleted, spec, room)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?8)
              ON CONFLICT (kind, name) DO UPDATE SET revision = excluded.revision,
-               node = excluded.node, deleted = excluded.deleted, spec = excluded.spec
+               node = excluded.node, deleted = excluded.deleted, spec = excluded.spec,
+               room = excluded.room
              WHERE objects.deleted",
         ),
         Expect::Revision(_) => tx.prepare_cached(
-            "UPDATE objects SET revision = ?3, node = ?4, deleted = ?5, spec = ?6
+            "UPDATE objects SET revision = ?3, node = ?4, deleted = ?5, spec = ?6, room = ?8
              WHERE kind = ?1 AND name = ?2 AND revision = ?7 AND NOT deleted",
         ),
     }
-    .and_then(|mut stmt| match expect {
-        Expect::Absent => stmt.execute(params),
-        Expect::Revision(rev) => {
-            let (k, n, r, nd, d, s) = params;
-            stmt.execute((k, n, r, nd, d, s, revision_number(rev)))
-        }
-    })
+    .and_then(|mut stmt| stmt.execute(params))
     .map_err(sql)?;
     if changed == 0 {
         return Err(why_not::<R>(tx, name, expect)?);
@@ -277,18 +279,40 @@ fn list_in<R: Resource>(conn: &Connection, scope: Scope<'_>) -> Result<Vec<Store
     // Names sort by bytes (SQLite's BINARY collation), the same order as a Rust `String`.
     // Both statements take the same two parameters so one call binds either; for `All` the
     // second is NULL and `?2 IS NULL` is always true.
-    let (sql_text, node) = match scope {
-        Scope::All => (
+    match scope {
+        Scope::All => query_in(
+            conn,
             "SELECT name, revision, spec FROM objects
              WHERE kind = ?1 AND ?2 IS NULL AND NOT deleted ORDER BY name",
             None,
         ),
-        Scope::Node(node) => (
+        Scope::Node(node) => query_in(
+            conn,
             "SELECT name, revision, spec FROM objects
              WHERE kind = ?1 AND node = ?2 AND NOT deleted ORDER BY name",
             Some(node),
         ),
-    };
+    }
+}
+
+/// The node's blocks that may have room: full ones (`room = 0`) are not even read, so a node
+/// that has filled many blocks still allocates at the cost of the blocks it can use.
+fn blocks_with_room(conn: &Connection, node: &str) -> Result<Vec<Stored<IpamBlock>>, StoreError> {
+    query_in(
+        conn,
+        "SELECT name, revision, spec FROM objects
+         WHERE kind = ?1 AND node = ?2 AND NOT deleted AND (room IS NULL OR room != 0)
+         ORDER BY name",
+        Some(node),
+    )
+}
+
+/// Runs a `SELECT name, revision, spec` over objects of kind `R` (?1) and decodes the rows.
+fn query_in<R: Resource>(
+    conn: &Connection,
+    sql_text: &str,
+    node: Option<&str>,
+) -> Result<Vec<Stored<R>>, StoreError> {
     let mut stmt = conn.prepare_cached(sql_text).map_err(sql)?;
     let rows = stmt
         .query_map((R::KIND.as_str(), node), |r| {

@@ -146,3 +146,41 @@ fn many_openers_of_a_fresh_file_all_succeed() {
     let all = pollster::block_on(s.list::<IpamHandle>(ipam_core::Scope::All)).unwrap();
     assert_eq!(all.len(), 8);
 }
+
+/// A database written by schema version 1 (before the `room` column) opens, is migrated, and
+/// its blocks are still in the node snapshot (an unknown `room` counts as "may have room").
+#[tokio::test]
+async fn version_1_files_are_migrated_and_keep_their_blocks() {
+    use ipam_core::{BlockCidr, Datastore, IpamBlock};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let block = IpamBlock::new(
+        BlockCidr::new("10.0.0.0/26".parse().unwrap()).unwrap(),
+        Some("host:n1".into()),
+        1,
+        None,
+    );
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE objects (kind TEXT NOT NULL, name TEXT NOT NULL, revision INTEGER NOT NULL,
+               node TEXT, deleted INTEGER NOT NULL DEFAULT 0, spec TEXT NOT NULL,
+               PRIMARY KEY (kind, name)) WITHOUT ROWID;
+             CREATE INDEX objects_by_node ON objects (kind, node, name) WHERE node IS NOT NULL;
+             CREATE TABLE revision (id INTEGER PRIMARY KEY CHECK (id = 1), last INTEGER NOT NULL);
+             INSERT INTO revision (id, last) VALUES (1, 7);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO objects (kind, name, revision, node, deleted, spec) VALUES ('IPAMBlock', ?1, 7, 'n1', 0, ?2)",
+            ("10-0-0-0-26", serde_json::to_string(&block).unwrap()),
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(user_version(&path), SCHEMA_VERSION);
+    let snap = store.node_snapshot("n1").await.unwrap();
+    assert_eq!(snap.blocks.len(), 1);
+    assert_eq!(snap.blocks[0].value, block);
+}

@@ -9,7 +9,8 @@ use ipnet::IpNet;
 use crate::cidr::{BlockCidr, HandleId, NodeName, fnv1a64};
 use crate::error::{Error, Result};
 use crate::model::{
-    AffinityState, AllocationAttribute, IntendedUse, IpPool, IpamBlock, IpamConfig, IpamHandle,
+    AffinityState, AllocationAttribute, BlockAffinity, IntendedUse, IpPool, IpamBlock, IpamConfig,
+    IpamHandle,
 };
 use crate::selector::Selector;
 use crate::store::{BatchWrite, Datastore, NodeSnapshot, Scope, StoreError, Stored, Write};
@@ -217,11 +218,25 @@ impl<D: Datastore> Ipam<D> {
         let pools = candidate_pools(&snapshot.pools, family, requested, req.args)?;
         let in_pools = |c: &IpNet| pools.iter().any(|p| p.value.cidr.contains(c));
         let mut got: Vec<IpNet> = Vec::new();
-        // The node's confirmed blocks, in CIDR order; pending ones are claims to finish.
-        let mut owned = 0u32;
+        // The node's blocks are counted, and kept out of the claim walk, by its affinities:
+        // a snapshot may leave out full blocks, whose affinities it always carries.
+        let live: Vec<&Stored<BlockAffinity>> = snapshot
+            .affinities
+            .iter()
+            .filter(|a| Family::of(&a.value.cidr) == family)
+            .filter(|a| a.value.state != AffinityState::PendingDeletion)
+            .collect();
+        let mut owned = live.len() as u32;
         let mut held: HashSet<IpNet> = snapshot.blocks.iter().map(|b| b.value.cidr).collect();
-        // The family's blocks are moved out of the snapshot, not cloned: the copy of a block
-        // is most of the cost of an assignment.
+        // Only confirmed claims are kept out of the walk: a pending one may have no block yet
+        // (a crash before step 2), and claiming it again is how it gets finished.
+        held.extend(
+            live.iter()
+                .filter(|a| a.value.state == AffinityState::Confirmed)
+                .map(|a| a.value.cidr),
+        );
+        // The family's blocks with room are moved out of the snapshot, not cloned: the copy
+        // of a block is most of the cost of an assignment. Pending ones are claims to finish.
         let (mut mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.blocks)
             .into_iter()
             .partition(|b| Family::of(&b.value.cidr) == family);
@@ -236,7 +251,6 @@ impl<D: Datastore> Ipam<D> {
             let Some(state) = affinity_state(snapshot, node, &block.value.cidr) else {
                 continue;
             };
-            owned += 1;
             if got.len() as u32 == num || !in_pools(&block.value.cidr) {
                 continue;
             }
