@@ -111,7 +111,8 @@ impl IpamPlugin {
             config: &config,
             node,
             log: &log,
-            lock_path: spec.sibling(".lock"),
+            // Beside the database for the embedded store; a host path for the others.
+            lock_path: Some(spec.sibling(".lock").unwrap_or_else(lock::host_lock_path)),
             create_pools: spec.local_path().is_some(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
