@@ -485,6 +485,10 @@ impl Resource for IpamBlock {
             .as_deref()
             .and_then(|a| a.strip_prefix("host:"))
     }
+
+    fn room_hint(&self) -> Option<bool> {
+        Some(self.has_room())
+    }
 }
 
 impl Resource for BlockAffinity {

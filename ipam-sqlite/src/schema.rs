@@ -35,7 +35,11 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
     INSERT INTO revision (id, last) VALUES (1, 0);",
     // 1 -> 2: whether a block has room (NULL: not a block, or not known), so that the node
     // snapshot skips full blocks without reading their specs.
-    "ALTER TABLE objects ADD COLUMN room INTEGER;",
+    // The partial index matters: `room` sits after `spec` in the row, so testing it on the
+    // table would read every block's JSON; the index holds only the rows that may have room.
+    "ALTER TABLE objects ADD COLUMN room INTEGER;
+    CREATE INDEX objects_with_room ON objects (kind, node, name)
+        WHERE node IS NOT NULL AND (room IS NULL OR room != 0);",
 ];
 
 /// Waits for another process's lock by retrying every 0.1-0.8 ms, for [`BUSY_TIMEOUT`] in

@@ -288,7 +288,10 @@ fn list_in<R: Resource>(conn: &Connection, scope: Scope<'_>) -> Result<Vec<Store
         ),
         Scope::Node(node) => query_in(
             conn,
-            "SELECT name, revision, spec FROM objects
+            // Named, because without statistics the planner prefers walking the kind's
+            // primary key (already in name order) over the node index: every block in the
+            // cluster instead of the node's.
+            "SELECT name, revision, spec FROM objects INDEXED BY objects_by_node
              WHERE kind = ?1 AND node = ?2 AND NOT deleted ORDER BY name",
             Some(node),
         ),
@@ -300,8 +303,9 @@ fn list_in<R: Resource>(conn: &Connection, scope: Scope<'_>) -> Result<Vec<Store
 fn blocks_with_room(conn: &Connection, node: &str) -> Result<Vec<Stored<IpamBlock>>, StoreError> {
     query_in(
         conn,
-        "SELECT name, revision, spec FROM objects
-         WHERE kind = ?1 AND node = ?2 AND NOT deleted AND (room IS NULL OR room != 0)
+        "SELECT name, revision, spec FROM objects INDEXED BY objects_with_room
+         WHERE kind = ?1 AND node = ?2 AND node IS NOT NULL AND (room IS NULL OR room != 0)
+           AND NOT deleted
          ORDER BY name",
         Some(node),
     )

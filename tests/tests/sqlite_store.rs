@@ -158,3 +158,42 @@ async fn counter_across_connections_loses_nothing() {
 async fn revisions_never_repeat_across_connections() {
     ipam_tests::conformance::revisions_never_repeat(Connections::open(3)).await;
 }
+
+/// The node snapshot reads only blocks with room: a node that has filled a block does not
+/// pay for reading it again on every allocation (the `room` flag and its partial index).
+#[tokio::test]
+async fn the_node_snapshot_skips_full_blocks() {
+    let (store, dir) = fresh();
+    let ipam = Ipam::new(store);
+    let mut pool = IpPool::new("10.244.0.0/16".parse().unwrap());
+    pool.block_size = 30;
+    ipam.create_pool("pool", pool).await.unwrap();
+    for i in 0..6 {
+        ipam.auto_assign(&args("n1", &format!("pod-{i}")))
+            .await
+            .unwrap();
+    }
+    // Six addresses in /30 blocks: one full block, one with two free addresses.
+    let snap = ipam.store().node_snapshot("n1").await.unwrap();
+    assert_eq!(snap.affinities.len(), 2);
+    assert_eq!(snap.blocks.len(), 1, "only the block with room is read");
+    assert!(snap.blocks[0].value.has_room());
+    let conn = rusqlite::Connection::open(dir.path().join("ipam.db")).unwrap();
+    let rooms: Vec<Option<i64>> = conn
+        .prepare("SELECT room FROM objects WHERE kind = 'IPAMBlock' ORDER BY name")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rooms.iter().filter(|r| **r == Some(0)).count(),
+        1,
+        "{rooms:?}"
+    );
+    assert_eq!(
+        rooms.iter().filter(|r| **r == Some(1)).count(),
+        1,
+        "{rooms:?}"
+    );
+}
