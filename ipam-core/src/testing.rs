@@ -6,7 +6,9 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::model::{AffinityState, BlockAffinity, IpamBlock, IpamHandle};
-use crate::store::{Datastore, OpCounts, Resource, Revision, Scope, StoreError, Stored};
+use crate::store::{
+    BatchWrite, Datastore, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+};
 
 /// Wraps a store and fails a chosen fraction of CAS writes (updates and deletes) with
 /// [`StoreError::Conflict`] before they reach it, as a racing writer would.
@@ -84,6 +86,20 @@ impl<D: Datastore> Datastore for ConflictInjector<D> {
 
     fn op_counts(&self) -> OpCounts {
         self.inner.op_counts()
+    }
+
+    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        self.inner.node_snapshot(node).await
+    }
+
+    fn supports_commit(&self) -> bool {
+        self.inner.supports_commit()
+    }
+
+    /// A batch is a CAS write too: it fails whole, as a racing writer would make it.
+    async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
+        self.roll::<IpamBlock>("batch")?;
+        self.inner.commit(writes).await
     }
 }
 
