@@ -5,7 +5,7 @@
 //! expands to one `#[tokio::test]` per check for a given store constructor, so a backend
 //! runs the whole suite with one line:
 //!
-//! ```ignore
+//! ```text
 //! mod sqlite {
 //!     // The expression is evaluated once per test; the second element is kept alive for
 //!     // the test's duration (a temporary directory, a server guard, or `()`).
