@@ -1,9 +1,8 @@
 //! Writing a block and its handle in one transaction: the steady-state allocation's only
 //! write, and no crash can leave the two disagreeing.
 //!
-//! This is the etcd side of a proposed `Datastore::write_assignment` (see the crate's
-//! report): a store without multi-key transactions writes the handle, then the block, and
-//! says in [`AssignmentWriteError::handle_written`] that the handle must be put back.
+//! It is what [`Datastore::commit`](ipam_core::Datastore::commit) does on etcd for the batch
+//! the allocator writes. It writes both objects or neither.
 
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use ipam_core::store::Op;
@@ -23,21 +22,6 @@ pub struct HandleWrite {
     pub revision: Option<Revision>,
 }
 
-/// Why an assignment write failed, and what of it was written.
-#[derive(Debug, thiserror::Error)]
-#[error("writing an assignment: {error}")]
-pub struct AssignmentWriteError {
-    /// The failure. Its kind says which object was refused: a `Conflict`, `AlreadyExists`
-    /// or `NotFound` on [`ipam_core::Kind::IpamHandle`] or on
-    /// [`ipam_core::Kind::IpamBlock`].
-    #[source]
-    pub error: StoreError,
-    /// The handle's new revision if it was written although the block was not (only stores
-    /// without multi-key transactions); the caller must take the count back. Always `None`
-    /// here: etcd writes both or neither.
-    pub handle_written: Option<Revision>,
-}
-
 /// What the failure branch of an assignment transaction showed.
 enum Finding {
     Refused(StoreError),
@@ -52,13 +36,9 @@ impl EtcdStore {
         &self,
         handle: HandleWrite,
         block: Stored<IpamBlock>,
-    ) -> Result<Revision, AssignmentWriteError> {
-        let refused = |error| AssignmentWriteError {
-            error,
-            handle_written: None,
-        };
-        let hplan = self.plan(&handle.name, &handle.value).map_err(refused)?;
-        let bplan = self.plan(&block.name, &block.value).map_err(refused)?;
+    ) -> Result<Revision, StoreError> {
+        let hplan = self.plan(&handle.name, &handle.value)?;
+        let bplan = self.plan(&block.name, &block.value)?;
         let hrev = handle.revision.as_ref().map(revision_number);
         let brev = revision_number(&block.revision);
         let handle_cmp = match hrev {
@@ -83,22 +63,20 @@ impl EtcdStore {
             .when(when)
             .and_then(ops.clone())
             .or_else(look.clone());
-        let resp = self.txn(txn).await.map_err(refused)?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
             self.counter.count(Op::Update);
-            return committed(&resp).map_err(refused);
+            return committed(&resp);
         }
         let kv = match diagnose(&handle, hrev, &block.name, brev, &resp) {
             Finding::Refused(e) => {
                 self.counter.count(Op::Update);
-                return Err(refused(e));
+                return Err(e);
             }
             Finding::Moved(kv) => kv,
         };
         self.counter.count(Op::Get);
-        let old = self
-            .placement_of::<IpamBlock>(&block.name, &kv)
-            .map_err(refused)?;
+        let old = self.placement_of::<IpamBlock>(&block.name, &kv)?;
         ops.extend(
             old.filter(|o| Some(o) != bplan.placement.as_ref())
                 .map(|o| TxnOp::delete(o, None)),
@@ -108,13 +86,13 @@ impl EtcdStore {
             .and_then(ops)
             .or_else(look);
         self.counter.count(Op::Update);
-        let resp = self.txn(txn).await.map_err(refused)?;
+        let resp = self.txn(txn).await?;
         if resp.succeeded() {
-            return committed(&resp).map_err(refused);
+            return committed(&resp);
         }
         match diagnose(&handle, hrev, &block.name, brev, &resp) {
-            Finding::Refused(e) => Err(refused(e)),
-            Finding::Moved(_) => Err(refused(StoreError::conflict::<IpamBlock>(&block.name))),
+            Finding::Refused(e) => Err(e),
+            Finding::Moved(_) => Err(StoreError::conflict::<IpamBlock>(&block.name)),
         }
     }
 }

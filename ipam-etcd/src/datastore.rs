@@ -388,10 +388,7 @@ impl Datastore for EtcdStore {
             revision,
             value,
         };
-        let rev = self
-            .write_assignment(handle, block)
-            .await
-            .map_err(|e| e.error)?;
+        let rev = self.write_assignment(handle, block).await?;
         Ok(vec![Some(rev.clone()), Some(rev)])
     }
 }

@@ -43,7 +43,7 @@ mod keys;
 pub mod local;
 mod store;
 
-pub use assignment::{AssignmentWriteError, HandleWrite};
+pub use assignment::HandleWrite;
 pub use config::EtcdConfig;
 pub use error::{Error, Result};
 pub use keys::DEFAULT_PREFIX;
