@@ -38,7 +38,7 @@ struct Setup {
 
 fn setup(label: &'static str, cidr: &str) -> Setup {
     let cidr: IpNet = cidr.parse().expect("benchmark pool CIDR is valid");
-    let ipam = Ipam::new(MemoryStore::new());
+    let ipam = Ipam::new(MemoryStore::new(), ipam_core::SystemClock);
     let total = ipam_core::cidr::blocks_in_pool(&cidr, ipam_benches::BLOCK_SIZE) as u32;
     let blocks = total / FILL_DEN * FILL_NUM;
     let started = Instant::now();

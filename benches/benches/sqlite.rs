@@ -49,7 +49,10 @@ fn bench_dir() -> PathBuf {
 
 fn fresh_store(path: &Path) -> Ipam<SqliteStore> {
     remove_db(path).expect("removing an earlier benchmark database");
-    let ipam = Ipam::new(SqliteStore::open(path).expect("opening the benchmark database"));
+    let ipam = Ipam::new(
+        SqliteStore::open(path).expect("opening the benchmark database"),
+        ipam_core::SystemClock,
+    );
     let pool = "10.0.0.0/16".parse().expect("valid pool CIDR");
     block_on(add_pool(&ipam, pool)).expect("creating the pool");
     ipam

@@ -10,7 +10,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use ipam_core::cidr::{affinity_name, nth_block};
+use ipam_core::cidr::nth_block;
+use ipam_core::names::affinity_name;
 use ipam_core::{
     AffinityState, AutoAssignArgs, BlockAffinity, Datastore, HandleId, IpPool, Ipam, IpamBlock,
     NodeName, OpCounts, ReleaseRequest,

@@ -13,7 +13,7 @@
 //!
 //! Everything this plugin decides is in the submodules, generic over the datastore:
 //! [`config`] (Calico's keys), [`node`] (node name, handles, `CNI_ARGS`), [`ops`] (ADD, DEL,
-//! CHECK), [`gc`] (GC, STATUS), [`lock`] (the host lock), [`log`], [`error`] (codes).
+//! CHECK), [`gc`] (GC), [`status`] (STATUS), [`lock`] (the host lock), [`log`], [`error`] (codes).
 //! [`IpamPlugin`] ties them to the protocol: parse and check everything, then open the
 //! datastore (so a rejected request writes nothing), then run the verb.
 
@@ -24,6 +24,7 @@ pub mod lock;
 pub mod log;
 pub mod node;
 pub mod ops;
+pub mod status;
 
 use std::net::IpAddr;
 
@@ -39,7 +40,7 @@ use self::error::{CniError, Result};
 use self::gc::ValidAttachment;
 use self::log::Logger;
 use self::ops::{Attachment, Context};
-use crate::datastore::{self, DatastoreSpec, StoreOp};
+use ipam_datastore::{self as datastore, DatastoreSpec, StoreOp};
 
 pub use self::config::PLUGIN_NAME;
 
@@ -145,14 +146,14 @@ impl StoreOp for Run<'_> {
     type Output = Result<Vec<IpNet>>;
 
     async fn run<D: Datastore + 'static>(self, store: D) -> Result<Vec<IpNet>> {
-        let ipam = Ipam::new(store);
+        let ipam = Ipam::new(store, ipam_core::SystemClock);
         let ctx = &self.ctx;
         match &self.verb {
             Verb::Add(att) => ops::add(&ipam, ctx, att).await,
             Verb::Del(att) => ops::del(&ipam, ctx, att).await,
             Verb::Check(att, prev) => ops::check(&ipam, ctx, att, prev).await.map(|()| Vec::new()),
             Verb::Gc(valid) => gc::gc(&ipam, ctx, valid).await.map(|_| Vec::new()),
-            Verb::Status => gc::status(&ipam, ctx).await.map(|()| Vec::new()),
+            Verb::Status => status::status(&ipam, ctx).await.map(|()| Vec::new()),
         }
     }
 }

@@ -1,7 +1,6 @@
-//! The CNI IPAM plugin (`ipam-cni`) and the operator CLI (`ipamctl`).
+//! The CNI IPAM plugin (`ipam-cni`): it parses the runtime's request, opens the datastore
+//! the config names, calls `ipam-core`, and prints the CNI result or error.
 //!
-//! Both are thin: they parse their input, pick a datastore, call `ipam-core`, and print.
+//! It links only what a CNI call needs; the operator CLI is the `ipamctl` crate.
 
 pub mod cni;
-pub mod ctl;
-pub mod datastore;

@@ -72,17 +72,13 @@ fn a_burst_of_adds_gets_distinct_addresses_and_dels_empty_the_store() {
     let dump = net.dump();
     assert_eq!(dump.allocated(), 0);
     assert_eq!(dump.of_kind("IPAMHandle").count(), 0);
-    // And the operator's consistency check finds nothing wrong.
-    let check = Command::new(env!("CARGO_BIN_EXE_ipamctl"))
-        .arg("--datastore")
-        .arg(format!("sqlite:{}", net.db.display()))
-        .arg("check")
-        .output()
-        .unwrap();
-    assert!(
-        check.status.success(),
-        "ipamctl check: {}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
+    // And the consistency check `ipamctl check` runs finds nothing wrong.
+    let store = ipam_sqlite::SqliteStore::open(&net.db).unwrap();
+    let snapshot = pollster::block_on(ipam_core::check::Snapshot::read(&store)).unwrap();
+    let report = ipam_core::check::check(
+        &snapshot,
+        &ipam_core::check::Live::default(),
+        time::OffsetDateTime::now_utc(),
     );
+    assert!(report.is_clean(), "{report:?}");
 }

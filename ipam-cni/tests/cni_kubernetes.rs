@@ -12,8 +12,9 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
 use cni_support::{PLUGIN, container_env};
+use ipam_apiserver::{Running, ServeOptions};
 use ipam_core::{Datastore, IpPool, Ipam, IpamBlock, IpamHandle, MemoryStore, Scope};
-use ipam_k8s::{KubeStore, Running, ServeOptions};
+use ipam_k8s::KubeStore;
 use serde_json::{Value, json};
 
 const NODES: usize = 4;
@@ -123,7 +124,10 @@ async fn plugins_on_several_nodes_share_nothing_through_the_kubernetes_api() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = kubeconfig(dir.path(), &server.url());
     // The cluster's pool, created through the API as an operator would.
-    let admin = Ipam::new(KubeStore::connect(Some(&kubeconfig)).await.unwrap());
+    let admin = Ipam::new(
+        KubeStore::connect(Some(&kubeconfig)).await.unwrap(),
+        ipam_core::SystemClock,
+    );
     let mut pool = IpPool::new("10.98.0.0/24".parse().unwrap());
     pool.block_size = 28;
     admin.create_pool("k8s-pool", pool).await.unwrap();

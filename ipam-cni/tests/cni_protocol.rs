@@ -157,7 +157,10 @@ fn del_also_releases_the_workload_handle() {
     // An allocation made under Calico's older `<namespace>.<pod>` handle.
     pollster::block_on(async {
         use ipam_core::{AutoAssignArgs, HandleId, Ipam, NodeName};
-        let ipam = Ipam::new(ipam_sqlite::SqliteStore::open(&net.db).unwrap());
+        let ipam = Ipam::new(
+            ipam_sqlite::SqliteStore::open(&net.db).unwrap(),
+            ipam_core::SystemClock,
+        );
         let args = AutoAssignArgs::new(NodeName::new("node-1").unwrap(), 1, 0)
             .with_handle(HandleId::new("default.web-0").unwrap());
         ipam.auto_assign(&args).await.unwrap();

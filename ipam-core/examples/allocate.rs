@@ -6,7 +6,7 @@ use ipam_core::{AutoAssignArgs, HandleId, IpPool, Ipam, MemoryStore, NodeName};
 
 fn main() -> Result<(), ipam_core::Error> {
     pollster::block_on(async {
-        let ipam = Ipam::new(MemoryStore::new());
+        let ipam = Ipam::new(MemoryStore::new(), ipam_core::SystemClock);
         let mut pool = IpPool::new("10.244.0.0/16".parse().expect("a valid CIDR literal"));
         pool.block_size = 26;
         ipam.create_pool("default-ipv4-ippool", pool).await?;

@@ -35,6 +35,17 @@ pub enum ReleaseOutcome {
     },
 }
 
+impl ReleaseOutcome {
+    /// Whether the release was refused because the address changed hands since the caller
+    /// looked (a re-evaluate outcome: the caller reads again before acting).
+    pub fn is_refused(&self) -> bool {
+        matches!(
+            self,
+            ReleaseOutcome::BadSequenceNumber { .. } | ReleaseOutcome::HandleMismatch { .. }
+        )
+    }
+}
+
 /// How a release treats the freed ordinal.
 #[derive(Clone, Copy, Debug)]
 pub enum Cooldown<'a> {

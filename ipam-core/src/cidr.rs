@@ -1,8 +1,8 @@
 //! Block arithmetic and names, as plain functions over addresses and prefixes.
 //!
 //! Addresses of both families are handled as `u128` offsets so that every rule is written
-//! once. The validated types here ([`BlockCidr`], [`HandleId`], [`NodeName`]) are the only way
-//! into the allocator: past them, a value is known to be well formed.
+//! once. [`BlockCidr`] is the only way into the allocator for a block: past it, a block is
+//! known to be well formed. Owner and node names are in [`crate::names`].
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -15,20 +15,9 @@ use crate::error::{Error, Result};
 pub const V4_BLOCK_SIZES: std::ops::RangeInclusive<u8> = 20..=32;
 /// Block prefix lengths allowed for IPv6 pools.
 pub const V6_BLOCK_SIZES: std::ops::RangeInclusive<u8> = 116..=128;
-/// Kubernetes' limit on an object name.
-pub const MAX_NAME_LEN: usize = 253;
-
 /// The CIDR of one block: a network address with a block-sized prefix.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BlockCidr(IpNet);
-
-/// An allocation owner's ID, as used for `IPAMHandle` names.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct HandleId(String);
-
-/// A node name, as used in affinities (`host:<node>`).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NodeName(String);
 
 impl BlockCidr {
     /// Validates `net` as a block: no host bits, prefix in the family's block range.
@@ -104,70 +93,6 @@ impl fmt::Display for BlockCidr {
     }
 }
 
-impl HandleId {
-    /// Validates a handle ID: non-empty, at most 253 bytes, no `/` (it names a key).
-    pub fn new(id: impl Into<String>) -> Result<Self> {
-        let id = id.into();
-        let reason = if id.is_empty() {
-            Some("it is empty")
-        } else if id.len() > MAX_NAME_LEN {
-            Some("it is longer than 253 bytes")
-        } else if id.contains('/') || id.chars().any(char::is_control) {
-            Some("it contains '/' or a control character")
-        } else {
-            None
-        };
-        match reason {
-            Some(reason) => Err(Error::InvalidHandle { handle: id, reason }),
-            None => Ok(HandleId(id)),
-        }
-    }
-
-    /// The ID as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for HandleId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl NodeName {
-    /// Validates a node name: a non-empty DNS-subdomain-like name of at most 253 bytes.
-    pub fn new(name: impl Into<String>) -> Result<Self> {
-        let name = name.into();
-        let valid = !name.is_empty()
-            && name.len() <= MAX_NAME_LEN
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'));
-        if valid {
-            Ok(NodeName(name))
-        } else {
-            Err(Error::InvalidNodeName { node: name })
-        }
-    }
-
-    /// The name as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The block `affinity` value for this node (`host:<node>`).
-    pub fn host_affinity(&self) -> String {
-        format!("host:{}", self.0)
-    }
-}
-
-impl fmt::Display for NodeName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
 /// Checks a block prefix length against the family's range.
 pub fn check_block_size(net: &IpNet, size: u8) -> Result<()> {
     let (range, family) = match net {
@@ -189,21 +114,6 @@ pub fn check_block_size(net: &IpNet, size: u8) -> Result<()> {
 /// Calico's CIDR-to-name encoding: `.`, `:` and `/` become `-`.
 pub fn cidr_to_name(net: &IpNet) -> String {
     net.to_string().replace(['.', ':', '/'], "-")
-}
-
-/// The `BlockAffinity` name for `node` and `block`: `<node>-<block name>`, cut to 253
-/// bytes with a hash suffix when longer, so that distinct pairs keep distinct names.
-pub fn affinity_name(node: &str, block: &BlockCidr) -> String {
-    let full = format!("{node}-{}", block.name());
-    if full.len() <= MAX_NAME_LEN {
-        return full;
-    }
-    let suffix = format!("{:016x}", fnv1a64(full.as_bytes()));
-    let mut cut = MAX_NAME_LEN - suffix.len() - 1;
-    while !full.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}-{suffix}", &full[..cut])
 }
 
 /// The number of blocks of `block_size` bits in `pool`, saturating at `u128::MAX`.
@@ -268,13 +178,6 @@ fn max_prefix(net: &IpNet) -> u8 {
     }
 }
 
-/// FNV-1a: a stable hash for name suffixes and per-node seeds (not for security).
-pub fn fnv1a64(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,19 +222,9 @@ mod tests {
         assert_eq!(block("192.168.185.0/26").name(), "192-168-185-0-26");
         assert_eq!(block("fd00:10:244::40/122").name(), "fd00-10-244--40-122");
         assert_eq!(
-            affinity_name("mac-k8s", &block("192.168.185.0/26")),
+            crate::names::affinity_name("mac-k8s", &block("192.168.185.0/26")),
             "mac-k8s-192-168-185-0-26"
         );
-    }
-
-    #[test]
-    fn long_affinity_names_are_cut_with_a_distinct_hash() {
-        let long_a = "a".repeat(250);
-        let long_b = format!("{}b", "a".repeat(249));
-        let na = affinity_name(&long_a, &block("10.0.0.0/26"));
-        let nb = affinity_name(&long_b, &block("10.0.0.0/26"));
-        assert_eq!(na.len(), MAX_NAME_LEN);
-        assert_ne!(na, nb);
     }
 
     #[test]
@@ -348,16 +241,6 @@ mod tests {
             nth_block(&pool6, 122, 1).unwrap().to_string(),
             "fd00::40/122"
         );
-    }
-
-    #[test]
-    fn handle_and_node_names_are_validated() {
-        assert!(HandleId::new("k8s-pod-network.abc").is_ok());
-        assert!(HandleId::new("").is_err());
-        assert!(HandleId::new("a/b").is_err());
-        assert!(NodeName::new("node-1.example").is_ok());
-        assert!(NodeName::new("bad node").is_err());
-        assert!(NodeName::new("").is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! ```
 //! # pollster::block_on(async {
 //! use ipam_core::{AutoAssignArgs, HandleId, Ipam, IpPool, MemoryStore, NodeName};
-//! let ipam = Ipam::new(MemoryStore::new());
+//! let ipam = Ipam::new(MemoryStore::new(), ipam_core::SystemClock);
 //! ipam.create_pool("default-ipv4-ippool", IpPool::new("10.244.0.0/16".parse().unwrap())).await.unwrap();
 //! let args = AutoAssignArgs::new(NodeName::new("node-1").unwrap(), 1, 0)
 //!     .with_handle(HandleId::new("k8s-pod-network.abc").unwrap());
@@ -29,24 +29,29 @@ pub mod error;
 mod ipam;
 pub mod memory;
 pub mod model;
+pub mod names;
+pub mod retry;
 pub mod selector;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
 pub use block::{Cooldown, ReleaseOutcome};
-pub use cidr::{BlockCidr, HandleId, NodeName};
+pub use cidr::BlockCidr;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use ipam::admin::{validate_config, validate_pool};
 pub use ipam::{
-    Allocation, Assigned, AutoAssignArgs, BlockUsage, Family, Ipam, Labels, MAX_ATTEMPTS,
-    PoolUsage, ReleaseRequest, ReleasedAffinities, Usage,
+    Allocation, Assigned, AutoAssignArgs, BlockUsage, Family, Ipam, Labels, PoolUsage,
+    ReleaseRequest, ReleasedAffinities, Usage,
 };
 pub use memory::MemoryStore;
 pub use model::{
     AffinityState, AllocationAttribute, AssignmentMode, BlockAffinity, IntendedUse, IpPool,
     IpReservation, IpamBlock, IpamConfig, IpamHandle,
 };
+pub use names::{HandleId, NodeName};
+pub use retry::MAX_ATTEMPTS;
 pub use selector::Selector;
 pub use store::{
     BatchWrite, Datastore, Kind, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError,

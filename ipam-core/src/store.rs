@@ -336,6 +336,28 @@ impl StoreError {
         matches!(self, StoreError::Conflict { .. })
     }
 
+    /// Whether a write lost a race with another writer: a conflict, or a create that found
+    /// the object there, or an update that found it gone. A fresh read decides what next.
+    pub fn is_lost_race(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Conflict { .. }
+                | StoreError::AlreadyExists { .. }
+                | StoreError::NotFound { .. }
+        )
+    }
+
+    /// This error as a [`StoreError::Conflict`] on the same object, for a lost race the caller
+    /// retries (see [`StoreError::is_lost_race`]); other errors are returned unchanged.
+    pub fn into_conflict(self) -> StoreError {
+        match self {
+            StoreError::AlreadyExists { kind, name } | StoreError::NotFound { kind, name } => {
+                StoreError::Conflict { kind, name }
+            }
+            other => other,
+        }
+    }
+
     /// Whether the object was absent.
     pub fn is_not_found(&self) -> bool {
         matches!(self, StoreError::NotFound { .. })

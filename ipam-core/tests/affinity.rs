@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use ipam_core::cidr::affinity_name;
+use ipam_core::names::affinity_name;
 use ipam_core::{
     AffinityState, BlockAffinity, BlockCidr, Datastore, Error, IpamBlock, ReleaseRequest,
 };

@@ -25,7 +25,7 @@ const ROUNDS: usize = 25;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_nodes_stay_exact_under_injected_conflicts() {
     let store = ConflictInjector::new(MemoryStore::new(), 0.3, 0x5eed);
-    let ipam = Arc::new(ipam_core::Ipam::new(store));
+    let ipam = Arc::new(ipam_core::Ipam::new(store, ipam_core::SystemClock));
     // 1024 addresses in 128 blocks of 8: enough for every task, small enough to share blocks.
     ipam.create_pool("p4", pool("10.8.0.0/22", 29))
         .await
@@ -181,7 +181,10 @@ impl Datastore for FailOnce {
 /// Allocates once on a fresh node, then arms the wrapper and allocates again: returns the
 /// second result and how many block writes it attempted.
 async fn second_assign(unavailable: bool) -> (Result<ipam_core::Assigned, Error>, u64) {
-    let ipam = ipam_core::Ipam::new(FailOnce::new(Kind::IpamBlock, unavailable));
+    let ipam = ipam_core::Ipam::new(
+        FailOnce::new(Kind::IpamBlock, unavailable),
+        ipam_core::SystemClock,
+    );
     ipam.create_pool("p", pool("10.9.0.0/24", 26))
         .await
         .unwrap();
@@ -224,7 +227,7 @@ fn an_outage_is_not_retried() {
 fn retries_are_bounded() {
     pollster::block_on(async {
         let store = ConflictInjector::new(MemoryStore::new(), 1.0, 1);
-        let ipam = ipam_core::Ipam::new(store);
+        let ipam = ipam_core::Ipam::new(store, ipam_core::SystemClock);
         ipam.create_pool("p", pool("10.9.0.0/24", 26))
             .await
             .unwrap();
@@ -245,8 +248,10 @@ fn spawnable<F: std::future::Future + Send + 'static>(_: F) {}
 #[test]
 fn every_operation_can_be_spawned() {
     // Leaked so that the futures below are 'static, as `tokio::spawn` needs.
-    let ipam: &'static ipam_core::Ipam<MemoryStore> =
-        Box::leak(Box::new(ipam_core::Ipam::new(MemoryStore::new())));
+    let ipam: &'static ipam_core::Ipam<MemoryStore> = Box::leak(Box::new(ipam_core::Ipam::new(
+        MemoryStore::new(),
+        ipam_core::SystemClock,
+    )));
     let n: &'static ipam_core::NodeName = Box::leak(Box::new(node("n1")));
     let h: &'static ipam_core::HandleId = Box::leak(Box::new(handle("h")));
     let aa: &'static ipam_core::AutoAssignArgs = Box::leak(Box::new(args("n1", 1, 1, "h")));

@@ -179,7 +179,7 @@ async fn seeded() -> ipam_core::Ipam<ipam_core::MemoryStore> {
         affinity_type: Some("host".into()),
         deleted: false,
     };
-    let name = ipam_core::cidr::affinity_name("mac-k8s", &cidr);
+    let name = ipam_core::names::affinity_name("mac-k8s", &cidr);
     store.create(&name, aff).await.unwrap();
     ipam
 }

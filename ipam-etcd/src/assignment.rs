@@ -8,8 +8,8 @@ use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use ipam_core::store::Op;
 use ipam_core::{IpamBlock, IpamHandle, Revision, StoreError, Stored};
 
+use crate::client::{EtcdStore, committed, get_op, range_at};
 use crate::keys::revision_number;
-use crate::store::{EtcdStore, committed, get_op, range_at};
 
 /// The handle half of an assignment write.
 #[derive(Clone, Debug, PartialEq)]

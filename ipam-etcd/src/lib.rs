@@ -36,15 +36,14 @@
 //! `--max-request-bytes` above its 1.5 MiB default for blocks that large.
 
 mod assignment;
+mod client;
 mod config;
-mod datastore;
 mod error;
 mod keys;
-pub mod local;
 mod store;
 
 pub use assignment::HandleWrite;
+pub use client::{EtcdStore, TimedOut};
 pub use config::EtcdConfig;
 pub use error::{Error, Result};
 pub use keys::DEFAULT_PREFIX;
-pub use store::{EtcdStore, TimedOut};

@@ -1,260 +1,394 @@
-//! `EtcdStore`: the connection, bounded round trips, and decoding of what etcd returns.
+//! `EtcdStore` as a [`Datastore`]: reads are range requests, every write is one
+//! transaction comparing mod revisions, and a soft delete moves the object to its tombstone.
+//!
+//! Round trips: a get, a list, a create and a CAS update or delete on an object that has not
+//! changed node take one each; a node snapshot takes one. Only an update that moves a block
+//! or affinity to another node (claiming, releasing) and a direct delete of a live block or
+//! affinity take two, the first of which reads the old node and is counted as a get.
 
-use std::future::Future;
-use std::time::Duration;
-
-use etcd_client::{
-    Certificate, Client, ConnectOptions, GetOptions, Identity, KeyValue, KvClient, TlsOptions, Txn,
-    TxnOp, TxnOpResponse, TxnResponse,
+use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse};
+use ipam_core::store::Op;
+use ipam_core::{
+    BatchWrite, BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig,
+    NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
 };
-use ipam_core::store::{Op, OpCounter};
-use ipam_core::{Resource, Revision, StoreError, Stored};
 
-use crate::config::EtcdConfig;
-use crate::error::{Error, Result};
-use crate::keys::Keys;
+use crate::assignment::HandleWrite;
+use crate::client::{
+    EtcdStore, committed, decode, decode_range, encode, get_op, range_at, range_op,
+};
+use crate::keys::{Keys, indexed, revision_number};
 
-/// Largest response the client accepts: a node snapshot of many large blocks is far above
-/// gRPC's 4 MiB default, and etcd bounds what it sends anyway.
-const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
-
-/// An [`ipam_core::Datastore`] on etcd v3. Cheap to share: clones of the client share one
-/// connection pool.
-pub struct EtcdStore {
-    pub(crate) kv: KvClient,
-    pub(crate) keys: Keys,
-    request_timeout: Duration,
-    pub(crate) counter: OpCounter,
+/// The writes that make `value` the state of one object.
+pub(crate) struct WritePlan {
+    /// The object's primary key.
+    pub(crate) primary: String,
+    /// Its tombstone key.
+    pub(crate) tombstone: String,
+    /// The placement key the new value implies (indexed kinds only).
+    pub(crate) placement: Option<String>,
+    /// Puts (or, for a soft-deleted value, the move to the tombstone).
+    pub(crate) ops: Vec<TxnOp>,
+    /// Whether the value is soft-deleted.
+    pub(crate) deleted: bool,
 }
-
-/// A request that got no answer in time.
-#[derive(Debug, thiserror::Error)]
-#[error("etcd did not answer within {0:?}")]
-pub struct TimedOut(pub Duration);
 
 impl EtcdStore {
-    /// Connects to etcd as `config` says. Nothing is sent unless credentials are given (they
-    /// are exchanged for a token at once), so an unreachable etcd surfaces on the first
-    /// operation, as [`StoreError::Unavailable`], within the request timeout.
-    pub async fn connect(config: EtcdConfig) -> Result<Self> {
-        config.validate()?;
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(config.connect_timeout)
-            .with_timeout(config.request_timeout);
-        if let Some((user, password)) = &config.credentials {
-            options = options
-                .with_user(user.clone(), password.clone())
-                .with_auto_token_refresh(true);
-        }
-        if config.uses_tls() {
-            options = options.with_tls(tls_options(&config)?);
-        }
-        let bound = config.connect_timeout + config.request_timeout;
-        let client = match tokio::time::timeout(
-            bound,
-            Client::connect(config.endpoints.clone(), Some(options)),
-        )
-        .await
-        {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) if is_unavailable(&e) => {
-                return Err(Error::Unreachable {
-                    endpoints: config.endpoints.join(","),
-                    source: Box::new(e),
-                });
+    /// The writes for `value` as `name`'s new state.
+    pub(crate) fn plan<R: Resource>(&self, name: &str, value: &R) -> Result<WritePlan, StoreError> {
+        let bytes = encode(name, value)?;
+        let node = value.node();
+        let primary = self.keys.primary(R::KIND, name);
+        let tombstone = self.keys.tombstone(R::KIND, name);
+        let placement = self.keys.placement(R::KIND, name, node);
+        let deleted = value.is_deleted();
+        let mut ops = Vec::with_capacity(3);
+        if deleted {
+            ops.push(TxnOp::delete(primary.clone(), None));
+            ops.push(TxnOp::put(tombstone.clone(), bytes, None));
+            ops.extend(placement.clone().map(|p| TxnOp::delete(p, None)));
+        } else {
+            if let Some(p) = &placement {
+                let copy = if Keys::placement_holds_copy(node) {
+                    bytes.clone()
+                } else {
+                    Vec::new()
+                };
+                ops.push(TxnOp::put(p.clone(), copy, None));
             }
-            Ok(Err(e)) => return Err(Error::Client(e)),
-            Err(_) => {
-                return Err(Error::Unreachable {
-                    endpoints: config.endpoints.join(","),
-                    source: Box::new(TimedOut(bound)),
-                });
-            }
-        };
-        Ok(EtcdStore {
-            kv: client
-                .kv_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            keys: Keys::new(&config.prefix),
-            request_timeout: config.request_timeout,
-            counter: OpCounter::default(),
+            ops.push(TxnOp::put(primary.clone(), bytes, None));
+        }
+        Ok(WritePlan {
+            primary,
+            tombstone,
+            placement,
+            ops,
+            deleted,
         })
     }
 
-    /// Runs one request, failing as [`StoreError::Unavailable`] if it takes longer than the
-    /// request timeout or etcd cannot be reached.
-    pub(crate) async fn call<T>(
+    /// The placement key of the live object stored in `kv` (its primary key's pair).
+    pub(crate) fn placement_of<R: Resource>(
         &self,
-        fut: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.request_timeout, fut).await {
-            Ok(Ok(t)) => Ok(t),
-            Ok(Err(e)) => Err(store_error(e)),
-            Err(_) => Err(StoreError::Unavailable {
-                source: Box::new(TimedOut(self.request_timeout)),
-            }),
+        name: &str,
+        kv: &etcd_client::KeyValue,
+    ) -> Result<Option<String>, StoreError> {
+        let old: Stored<R> = decode(name, kv)?;
+        Ok(self.keys.placement(R::KIND, name, old.value.node()))
+    }
+
+    async fn create_now<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
+        let plan = self.plan(name, &value)?;
+        let mut ops = plan.ops;
+        if !plan.deleted {
+            // A soft-deleted object of that name is replaced: its tombstone goes.
+            ops.push(TxnOp::delete(plan.tombstone, None));
+        }
+        let txn = etcd_client::Txn::new()
+            .when([Compare::create_revision(plan.primary, CompareOp::Equal, 0)])
+            .and_then(ops);
+        self.counter.count(Op::Create);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            committed(&resp)
+        } else {
+            Err(StoreError::already_exists::<R>(name))
         }
     }
 
-    /// One transaction; the caller counts it, by what it turned out to do.
-    pub(crate) async fn txn(&self, txn: Txn) -> Result<TxnResponse, StoreError> {
-        let mut kv = self.kv.clone();
-        self.call(async move { kv.txn(txn).await }).await
-    }
-
-    /// Reads one key, counted as a get.
-    pub(crate) async fn get_key(&self, key: String) -> Result<Option<KeyValue>, StoreError> {
+    async fn update_now<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
+        let rev = revision_number(revision);
+        let plan = self.plan(name, &value)?;
+        let mut when = vec![Compare::mod_revision(
+            plan.primary.clone(),
+            CompareOp::Equal,
+            rev,
+        )];
+        // The new value's placement key carries `rev` only if the object stays where it was.
+        when.extend(
+            plan.placement
+                .clone()
+                .map(|p| Compare::mod_revision(p, CompareOp::Equal, rev)),
+        );
+        let txn = etcd_client::Txn::new()
+            .when(when)
+            .and_then(plan.ops.clone())
+            .or_else([get_op(&plan.primary)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            self.counter.count(Op::Update);
+            return committed(&resp);
+        }
+        let current = range_at(&resp.op_responses(), 0);
+        let Some(kv) = current.first().filter(|kv| kv.mod_revision() == rev) else {
+            self.counter.count(Op::Update);
+            return Err(absent_or_conflict::<R>(name, current.is_empty()));
+        };
+        // Unchanged but placed elsewhere: the object moves to another node.
         self.counter.count(Op::Get);
-        let mut kv = self.kv.clone();
-        let mut resp = self.call(async move { kv.get(key, None).await }).await?;
-        Ok(resp.take_kvs().into_iter().next())
+        let old = self.placement_of::<R>(name, kv)?;
+        self.counter.count(Op::Update);
+        self.rewrite_moved::<R>(name, plan, old, rev).await
     }
 
-    /// Reads every key under `prefix`, counted as a list.
-    pub(crate) async fn get_prefix(&self, prefix: String) -> Result<Vec<KeyValue>, StoreError> {
+    /// The second round trip of an update that moves an object: the same writes, plus the
+    /// removal of the old placement key.
+    async fn rewrite_moved<R: Resource>(
+        &self,
+        name: &str,
+        plan: WritePlan,
+        old: Option<String>,
+        rev: i64,
+    ) -> Result<Revision, StoreError> {
+        let mut ops = plan.ops;
+        ops.extend(
+            old.filter(|o| Some(o) != plan.placement.as_ref())
+                .map(|o| TxnOp::delete(o, None)),
+        );
+        let txn = etcd_client::Txn::new()
+            .when([Compare::mod_revision(
+                plan.primary.clone(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then(ops)
+            .or_else([get_op(&plan.primary)]);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            return committed(&resp);
+        }
+        let current = range_at(&resp.op_responses(), 0);
+        Err(absent_or_conflict::<R>(name, current.is_empty()))
+    }
+
+    async fn delete_now<R: Resource>(
+        &self,
+        name: &str,
+        revision: &Revision,
+    ) -> Result<(), StoreError> {
+        let rev = revision_number(revision);
+        let primary = self.keys.primary(R::KIND, name);
+        let tombstone = self.keys.tombstone(R::KIND, name);
+        let look = [get_op(&primary), get_op(&tombstone)];
+        // The usual case is the end of a soft delete: the tombstone at `rev` goes. Otherwise a
+        // live object at `rev` goes; without a placement key to remove, that fits in a nested
+        // transaction of the same round trip.
+        let otherwise = if indexed(R::KIND) {
+            look.to_vec()
+        } else {
+            vec![TxnOp::txn(
+                etcd_client::Txn::new()
+                    .when([Compare::mod_revision(
+                        primary.clone(),
+                        CompareOp::Equal,
+                        rev,
+                    )])
+                    .and_then([TxnOp::delete(primary.clone(), None)])
+                    .or_else(look.clone()),
+            )]
+        };
+        let txn = etcd_client::Txn::new()
+            .when([Compare::mod_revision(
+                tombstone.clone(),
+                CompareOp::Equal,
+                rev,
+            )])
+            .and_then([TxnOp::delete(tombstone.clone(), None)])
+            .or_else(otherwise);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            self.counter.count(Op::Delete);
+            return Ok(());
+        }
+        let ops = resp.op_responses();
+        if let Some(TxnOpResponse::Txn(nested)) = ops.first() {
+            self.counter.count(Op::Delete);
+            if nested.succeeded() {
+                return Ok(());
+            }
+            return Err(present_conflict::<R>(name, &nested.op_responses()));
+        }
+        let live = range_at(&ops, 0);
+        let Some(kv) = live.first().filter(|kv| kv.mod_revision() == rev) else {
+            self.counter.count(Op::Delete);
+            return Err(present_conflict::<R>(name, &ops));
+        };
+        self.counter.count(Op::Get);
+        let mut deletes = vec![TxnOp::delete(primary.clone(), None)];
+        deletes.extend(
+            self.placement_of::<R>(name, kv)?
+                .map(|p| TxnOp::delete(p, None)),
+        );
+        let txn = etcd_client::Txn::new()
+            .when([Compare::mod_revision(primary, CompareOp::Equal, rev)])
+            .and_then(deletes)
+            .or_else(look);
+        self.counter.count(Op::Delete);
+        let resp = self.txn(txn).await?;
+        if resp.succeeded() {
+            Ok(())
+        } else {
+            Err(present_conflict::<R>(name, &resp.op_responses()))
+        }
+    }
+
+    async fn list_now<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+        let prefix = match scope {
+            Scope::All => self.keys.kind_prefix(R::KIND),
+            Scope::Node(node) if indexed(R::KIND) => self.keys.node_prefix(R::KIND, node),
+            Scope::Node(_) => {
+                // Kinds tied to no node have nothing on any node; no need to ask.
+                self.counter.count(Op::List);
+                return Ok(Vec::new());
+            }
+        };
+        let kvs = self.get_prefix(prefix.clone()).await?;
+        decode_range(&prefix, &kvs)
+    }
+
+    async fn snapshot_now(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        let config = self.keys.primary(IpamConfig::KIND, IpamConfig::NAME);
+        let prefixes = [
+            self.keys.kind_prefix(IpPool::KIND),
+            self.keys.kind_prefix(IpReservation::KIND),
+            self.keys.node_prefix(BlockAffinity::KIND, node),
+            self.keys.node_prefix(IpamBlock::KIND, node),
+        ];
+        let mut reads = vec![get_op(&config)];
+        reads.extend(prefixes.iter().map(|p| range_op(p)));
         self.counter.count(Op::List);
-        let mut kv = self.kv.clone();
-        let opts = GetOptions::new().with_prefix();
-        let mut resp = self
-            .call(async move { kv.get(prefix, Some(opts)).await })
-            .await?;
-        Ok(resp.take_kvs())
-    }
-}
-
-/// The JSON of a value.
-pub(crate) fn encode<R: Resource>(name: &str, value: &R) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Invalid {
-        kind: R::KIND,
-        name: name.to_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// A stored object from its key-value pair.
-pub(crate) fn decode<R: Resource>(name: &str, kv: &KeyValue) -> Result<Stored<R>, StoreError> {
-    let value = serde_json::from_slice(kv.value()).map_err(|source| StoreError::Other {
-        source: Box::new(Error::Decode {
-            key: String::from_utf8_lossy(kv.key()).into_owned(),
-            source,
-        }),
-    })?;
-    Ok(Stored {
-        name: name.to_owned(),
-        revision: revision_of(kv),
-        value,
-    })
-}
-
-/// The live objects among the pairs of a range read under `prefix`, in key (= name) order.
-pub(crate) fn decode_range<R: Resource>(
-    prefix: &str,
-    kvs: &[KeyValue],
-) -> Result<Vec<Stored<R>>, StoreError> {
-    let mut out = Vec::with_capacity(kvs.len());
-    for kv in kvs {
-        let key = String::from_utf8_lossy(kv.key());
-        let Some(name) = key.strip_prefix(prefix) else {
-            continue;
-        };
-        let s: Stored<R> = decode(name, kv)?;
-        if !s.value.is_deleted() {
-            out.push(s);
-        }
-    }
-    Ok(out)
-}
-
-/// A key's revision in the store's terms.
-pub(crate) fn revision_of(kv: &KeyValue) -> Revision {
-    Revision::from_u64(u64::try_from(kv.mod_revision()).unwrap_or(0))
-}
-
-/// The revision a successful write transaction committed at.
-pub(crate) fn committed(resp: &TxnResponse) -> Result<Revision, StoreError> {
-    match resp.header() {
-        Some(h) => Ok(Revision::from_u64(u64::try_from(h.revision()).unwrap_or(0))),
-        None => Err(StoreError::Other {
-            source: Box::new(Error::NoHeader),
-        }),
-    }
-}
-
-/// The pairs returned by the `i`th operation of a transaction branch (a range read).
-pub(crate) fn range_at(ops: &[TxnOpResponse], i: usize) -> Vec<KeyValue> {
-    match ops.get(i) {
-        Some(TxnOpResponse::Get(g)) => g.kvs().to_vec(),
-        _ => Vec::new(),
-    }
-}
-
-/// A read of one key inside a transaction.
-pub(crate) fn get_op(key: &str) -> TxnOp {
-    TxnOp::get(key, None)
-}
-
-/// A read of every key under `prefix` inside a transaction.
-pub(crate) fn range_op(prefix: &str) -> TxnOp {
-    TxnOp::get(prefix, Some(GetOptions::new().with_prefix()))
-}
-
-fn tls_options(config: &EtcdConfig) -> Result<TlsOptions> {
-    let read = |path: &std::path::PathBuf| {
-        std::fs::read(path).map_err(|source| Error::ReadTlsFile {
-            path: path.clone(),
-            source,
+        let resp = self.txn(etcd_client::Txn::new().and_then(reads)).await?;
+        let ops = resp.op_responses();
+        let config = range_at(&ops, 0)
+            .first()
+            .map(|kv| decode::<IpamConfig>(IpamConfig::NAME, kv))
+            .transpose()?;
+        Ok(NodeSnapshot {
+            config,
+            pools: decode_range(&prefixes[0], &range_at(&ops, 1))?,
+            reservations: decode_range(&prefixes[1], &range_at(&ops, 2))?,
+            affinities: decode_range(&prefixes[2], &range_at(&ops, 3))?,
+            blocks: decode_range(&prefixes[3], &range_at(&ops, 4))?,
         })
-    };
-    let mut tls = TlsOptions::new();
-    if let Some(ca) = &config.ca_cert_file {
-        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
-    }
-    if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
-        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
-    }
-    Ok(tls)
-}
-
-/// Whether a client error means etcd could not be reached or did not answer (retryable).
-/// etcd itself answers `Unavailable` while it has no leader or the leader changed; a
-/// connection reset mid-request arrives as `Unknown` with a transport error inside.
-fn is_unavailable(e: &etcd_client::Error) -> bool {
-    use tonic::Code;
-    match e {
-        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => match s.code() {
-            Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted => true,
-            Code::Unknown => caused_by_transport(s),
-            _ => false,
-        },
-        _ => false,
     }
 }
 
-/// Whether a transport or I/O error is somewhere in `e`'s chain of causes.
-fn caused_by_transport(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = e.source();
-    // Chains are short; the bound only guards against a cyclic one.
-    for _ in 0..16 {
-        let Some(c) = cause else {
-            return false;
-        };
-        if c.is::<tonic::transport::Error>() || c.is::<std::io::Error>() {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
-}
-
-fn store_error(e: etcd_client::Error) -> StoreError {
-    if is_unavailable(&e) {
-        StoreError::Unavailable {
-            source: Box::new(e),
-        }
+/// The error for a CAS write that found the primary key absent or at another revision.
+fn absent_or_conflict<R: Resource>(name: &str, absent: bool) -> StoreError {
+    if absent {
+        StoreError::not_found::<R>(name)
     } else {
-        StoreError::Other {
-            source: Box::new(e),
+        StoreError::conflict::<R>(name)
+    }
+}
+
+/// The error for a delete that matched nothing: `ops` read the primary key and the tombstone.
+fn present_conflict<R: Resource>(name: &str, ops: &[TxnOpResponse]) -> StoreError {
+    let present = !range_at(ops, 0).is_empty() || !range_at(ops, 1).is_empty();
+    absent_or_conflict::<R>(name, !present)
+}
+
+impl Datastore for EtcdStore {
+    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
+        let kv = self.get_key(self.keys.primary(R::KIND, name)).await?;
+        match kv.map(|kv| decode::<R>(name, &kv)).transpose()? {
+            Some(s) if !s.value.is_deleted() => Ok(s),
+            _ => Err(StoreError::not_found::<R>(name)),
         }
+    }
+
+    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
+        self.list_now(scope).await
+    }
+
+    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
+        self.create_now(name, value).await
+    }
+
+    async fn update<R: Resource>(
+        &self,
+        name: &str,
+        value: R,
+        revision: &Revision,
+    ) -> Result<Revision, StoreError> {
+        self.update_now(name, value, revision).await
+    }
+
+    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
+        self.delete_now::<R>(name, revision).await
+    }
+
+    fn op_counts(&self) -> OpCounts {
+        self.counter.snapshot()
+    }
+
+    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        self.snapshot_now(node).await
+    }
+
+    fn supports_commit(&self) -> bool {
+        true
+    }
+
+    /// Supports the batch the allocator writes: a handle (create or update) and the block it
+    /// counts, in one transaction. Other shapes are refused as `Invalid`.
+    async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
+        let mut writes = writes.into_iter();
+        let (Some(BatchWrite::Handle(h)), Some(BatchWrite::Block(b)), None) =
+            (writes.next(), writes.next(), writes.next())
+        else {
+            return Err(StoreError::Invalid {
+                kind: ipam_core::Kind::IpamHandle,
+                name: String::new(),
+                reason: "etcd commits a handle write followed by a block update".into(),
+            });
+        };
+        let handle = match h {
+            Write::Create { name, value } => HandleWrite {
+                name,
+                value,
+                revision: None,
+            },
+            Write::Update {
+                name,
+                value,
+                revision,
+            } => HandleWrite {
+                name,
+                value,
+                revision: Some(revision),
+            },
+            Write::Delete { name, .. } => {
+                return Err(StoreError::Invalid {
+                    kind: ipam_core::Kind::IpamHandle,
+                    name,
+                    reason: "etcd commits do not delete handles".into(),
+                });
+            }
+        };
+        let Write::Update {
+            name,
+            value,
+            revision,
+        } = b
+        else {
+            return Err(StoreError::Invalid {
+                kind: ipam_core::Kind::IpamBlock,
+                name: b.name().to_owned(),
+                reason: "etcd commits update an existing block".into(),
+            });
+        };
+        let block = Stored {
+            name,
+            revision,
+            value,
+        };
+        let rev = self.write_assignment(handle, block).await?;
+        Ok(vec![Some(rev.clone()), Some(rev)])
     }
 }

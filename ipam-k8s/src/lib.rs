@@ -1,27 +1,21 @@
-//! The Kubernetes face of the IPAM: Calico's `crd.projectcalico.org/v1` CustomResourceDefinitions,
-//! a Kubernetes-style HTTP API over any [`ipam_core::Datastore`], and [`KubeStore`], the
-//! datastore that keeps IPAM state in a Kubernetes API server.
+//! The Kubernetes face of the IPAM: Calico's `crd.projectcalico.org/v1` CustomResourceDefinitions
+//! and [`KubeStore`], the datastore that keeps IPAM state in a Kubernetes API server.
 //!
-//! - [`crd_manifests`] prints the CRDs (`ipamctl crds`).
-//! - [`serve`] answers discovery, list/watch, get, create, update, merge patch and delete
-//!   for the six IPAM kinds over a datastore, the way kube-apiserver serves custom
-//!   resources, so `kubectl get ipamblocks` works against a SQLite or etcd store
-//!   (`ipamctl serve`).
+//! - [`crds`] builds the CRDs (`ipamctl crds` prints them).
+//! - [`resource`] names the kinds the Kubernetes way (plurals, labels, uids, printer
+//!   columns); the Kubernetes-style API over any datastore (`ipamctl serve`) is the
+//!   `ipam-apiserver` crate, built on it.
 //! - [`KubeStore`] implements the datastore contract with kube-rs: revisions are
 //!   `resourceVersion`s, writes are compare-and-swap PUTs, deletes carry preconditions.
 //!
 //! The spec types are `ipam_core::model`'s; nothing here defines a second copy of them.
 
-pub mod object;
 pub mod resource;
 pub mod schema;
-pub mod selector;
-pub mod server;
 pub mod store;
 
 pub use resource::{GROUP, NODE_LABEL, ResourceDef, VERSION};
-pub use schema::crd_manifests;
-pub use server::{ApiServer, Running, ServeOptions, router, serve, serve_with_shutdown};
+pub use schema::crds;
 pub use store::KubeStore;
 
 /// What this crate's own setup calls can fail with (datastore calls use `StoreError`).
@@ -51,9 +45,6 @@ pub enum Error {
         #[source]
         source: http::uri::InvalidUri,
     },
-    /// Serving failed (the listener broke).
-    #[error("serving the API: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// This crate's result type.

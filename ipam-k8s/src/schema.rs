@@ -165,15 +165,9 @@ pub fn crd(def: &ResourceDef) -> Value {
     })
 }
 
-/// Every CRD as one multi-document YAML stream (what `ipamctl crds` prints).
-pub fn crd_manifests() -> String {
-    let mut out = String::new();
-    for def in &DEFS {
-        out.push_str("---\n");
-        // Serializing a serde_json::Value to YAML cannot fail: every key is a string.
-        out.push_str(&serde_yaml::to_string(&crd(def)).unwrap_or_default());
-    }
-    out
+/// Every CRD, in a fixed order (`ipamctl crds` prints them as YAML).
+pub fn crds() -> Vec<Value> {
+    DEFS.iter().map(crd).collect()
 }
 
 #[cfg(test)]
@@ -182,7 +176,6 @@ mod tests {
     use ipam_core::{
         BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle, Resource,
     };
-    use serde::Deserialize as _;
     use serde_json::Value;
 
     /// A spec with every field the model knows set, as the model writes it back.
@@ -349,10 +342,7 @@ mod tests {
 
     #[test]
     fn manifests_parse_and_name_calicos_resources() {
-        let text = crd_manifests();
-        let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
-            .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
-            .collect();
+        let docs = crds();
         assert_eq!(docs.len(), 6);
         let plurals = [
             "ippools",
@@ -387,19 +377,5 @@ mod tests {
         assert_eq!(cols(1), ["CIDR", "Affinity", "Age"]);
         assert_eq!(cols(2), ["Node", "CIDR", "State", "Age"]);
         assert_eq!(cols(3), ["Age"]);
-    }
-
-    #[test]
-    fn deploy_crds_are_the_generated_ones() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
-        if std::env::var_os("IPAM_UPDATE_MANIFESTS").is_some() {
-            std::fs::write(path, crd_manifests()).unwrap();
-        }
-        let on_disk = std::fs::read_to_string(path).expect("deploy/crds.yaml");
-        assert_eq!(
-            on_disk,
-            crd_manifests(),
-            "deploy/crds.yaml is stale: rerun with IPAM_UPDATE_MANIFESTS=1"
-        );
     }
 }

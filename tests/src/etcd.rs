@@ -1,6 +1,6 @@
 //! A real etcd server for tests: started on free loopback ports, stopped on drop.
 //!
-//! The process management lives in [`ipam_etcd::local`] so that the etcd benchmark can use it
+//! The process management lives in [`crate::etcd_server`] so that the etcd benchmark can use it
 //! too; this module adds what tests want: a panic with a clear message (never a skip) when
 //! the binary is missing, and stores with short timeouts under a prefix of their own.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ipam_etcd::{EtcdConfig, EtcdStore};
 
-pub use ipam_etcd::local::{LocalEtcd as EtcdServer, ServerError};
+pub use crate::etcd_server::{LocalEtcd as EtcdServer, ServerError};
 
 /// Starts an etcd server, or panics saying why (missing binary, exited, never healthy).
 pub fn start() -> EtcdServer {

@@ -2,4 +2,5 @@
 
 pub mod conformance;
 pub mod etcd;
+pub mod etcd_server;
 pub mod model;

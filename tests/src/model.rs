@@ -235,7 +235,7 @@ impl<D: Datastore + 'static> Harness<D> {
     async fn new(store: D) -> Result<Self, String> {
         let start = time::OffsetDateTime::from_unix_timestamp(1_750_000_000).map_err(str)?;
         let clock = Arc::new(ManualClock::new(start));
-        let ipam = Ipam::with_clock(store, clock.clone());
+        let ipam = Ipam::new(store, clock.clone());
         let mut universe = Vec::new();
         for (name, cidr, size) in POOLS {
             let net: IpNet = cidr.parse().map_err(str)?;

@@ -158,7 +158,10 @@ async fn etcd_killed_and_restarted_under_many_processes() {
     let mut server = ipam_tests::etcd::start();
     let dir = tempfile::tempdir().expect("temporary folder");
     {
-        let ipam = Ipam::new(ipam_tests::etcd::store(&server, PREFIX).await);
+        let ipam = Ipam::new(
+            ipam_tests::etcd::store(&server, PREFIX).await,
+            ipam_core::SystemClock,
+        );
         let mut pool = IpPool::new("10.128.0.0/16".parse().expect("pool CIDR"));
         pool.block_size = 28; // 16 addresses: every node claims a second block mid-run
         ipam.create_pool("pool", pool)

@@ -32,7 +32,7 @@ async fn assert_unavailable(store: EtcdStore) {
         "expected Unavailable, got {got:?}"
     );
     eprintln!("failed as unavailable after {:?}", started.elapsed());
-    let ipam = Ipam::new(store);
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
     let args = AutoAssignArgs::new(NodeName::new("n1").unwrap(), 1, 0);
     let err = tokio::time::timeout(HANG, ipam.auto_assign(&args))
         .await
@@ -291,7 +291,7 @@ fn assert_refused(err: &StoreError, kind: Kind, what: &str) {
 #[tokio::test]
 async fn allocation_round_trips_through_ipam() {
     let (store, _server) = etcd::fresh().await;
-    let ipam = Ipam::new(store);
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
     ipam.create_pool("p", IpPool::new("10.1.0.0/16".parse().unwrap()))
         .await
         .unwrap();

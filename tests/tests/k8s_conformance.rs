@@ -9,7 +9,8 @@
 // A failed unwrap is a failed check.
 #![allow(clippy::unwrap_used)]
 
-use ipam_k8s::{KubeStore, Running, ServeOptions};
+use ipam_apiserver::{Running, ServeOptions};
+use ipam_k8s::KubeStore;
 
 /// A server over `backend` on a loopback ephemeral port and a `KubeStore` talking to it.
 pub async fn over<D: ipam_core::Datastore + 'static>(backend: D) -> (KubeStore, Running) {
@@ -28,7 +29,7 @@ mod etcd {
     /// The etcd server outlives the API server (dropped after it).
     async fn fresh() -> (
         ipam_k8s::KubeStore,
-        (ipam_k8s::Running, ipam_tests::etcd::EtcdServer),
+        (ipam_apiserver::Running, ipam_tests::etcd::EtcdServer),
     ) {
         let (backend, etcd) = ipam_tests::etcd::fresh().await;
         let (store, api) = super::over(backend).await;

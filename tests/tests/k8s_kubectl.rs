@@ -8,10 +8,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use ipam_apiserver::{Running, ServeOptions};
 use ipam_core::{
     AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, IpamHandle, MemoryStore, NodeName,
 };
-use ipam_k8s::{KubeStore, Running, ServeOptions};
+use ipam_k8s::KubeStore;
 
 /// kubectl with a kubeconfig for `server` and a private discovery cache.
 struct Kubectl {
@@ -91,7 +92,10 @@ async fn populated() -> (Running, Ipam<KubeStore>) {
     let server = Running::start("127.0.0.1:0", MemoryStore::new(), ServeOptions::default())
         .await
         .unwrap();
-    let ipam = Ipam::new(KubeStore::for_url(&server.url()).unwrap());
+    let ipam = Ipam::new(
+        KubeStore::for_url(&server.url()).unwrap(),
+        ipam_core::SystemClock,
+    );
     ipam.create_pool(
         "default-ipv4-ippool",
         IpPool::new("10.244.0.0/24".parse().unwrap()),

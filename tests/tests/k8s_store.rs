@@ -8,11 +8,12 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ipam_apiserver::{Running, ServeOptions};
 use ipam_core::{
     AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, IpamBlock, IpamHandle, MemoryStore,
     NodeName, OpCounts, Resource, Revision, Scope, StoreError, Stored,
 };
-use ipam_k8s::{KubeStore, Running, ServeOptions};
+use ipam_k8s::KubeStore;
 use tokio::sync::Semaphore;
 
 async fn server() -> Running {
@@ -136,14 +137,17 @@ async fn lists_page_through_limit_and_continue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_clients_racing_on_one_block_both_win_distinct_addresses() {
     let server = server().await;
-    let a = Ipam::new(client(&server));
+    let a = Ipam::new(client(&server), ipam_core::SystemClock);
     let gate = Arc::new(Semaphore::new(0));
-    let b = Arc::new(Ipam::new(Paused {
-        inner: client(&server),
-        gate: gate.clone(),
-        held: AtomicU64::new(0),
-        conflicts: AtomicU64::new(0),
-    }));
+    let b = Arc::new(Ipam::new(
+        Paused {
+            inner: client(&server),
+            gate: gate.clone(),
+            held: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+        },
+        ipam_core::SystemClock,
+    ));
     a.create_pool("pool", IpPool::new("10.244.0.0/24".parse().unwrap()))
         .await
         .unwrap();

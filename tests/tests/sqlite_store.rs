@@ -43,7 +43,7 @@ async fn node_snapshot_is_one_round_trip() {
 #[tokio::test]
 async fn steady_state_auto_assign_costs_one_read_and_one_write() {
     let (store, _dir) = fresh();
-    let ipam = Ipam::new(store);
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
     ipam.create_pool("pool", IpPool::new("10.244.0.0/16".parse().unwrap()))
         .await
         .unwrap();
@@ -164,7 +164,7 @@ async fn revisions_never_repeat_across_connections() {
 #[tokio::test]
 async fn the_node_snapshot_skips_full_blocks() {
     let (store, dir) = fresh();
-    let ipam = Ipam::new(store);
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
     let mut pool = IpPool::new("10.244.0.0/16".parse().unwrap());
     pool.block_size = 30;
     ipam.create_pool("pool", pool).await.unwrap();

@@ -55,7 +55,7 @@ fn run(args: Args) -> Result<WorkerReport, String> {
 }
 
 async fn work(args: &Args) -> Result<WorkerReport, Error> {
-    let ipam = Ipam::new(SqliteStore::open(&args.db)?);
+    let ipam = Ipam::new(SqliteStore::open(&args.db)?, ipam_core::SystemClock);
     let node = &args.node;
     let keep = HandleId::new(format!("bench.keep.{node}"))?;
     if ipam.ips_by_handle(&keep).await.is_err() {

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::CniError;
-use crate::datastore::DatastoreSpec;
+use ipam_datastore::DatastoreSpec;
 
 /// The plugin's name, the `ipam.type` it answers to besides the name it runs under.
 pub const PLUGIN_NAME: &str = "ipam-cni";

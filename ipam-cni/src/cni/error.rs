@@ -18,7 +18,7 @@
 
 use rscni_plugin::error::Error as Cni;
 
-use crate::datastore;
+use ipam_datastore as datastore;
 
 /// The plugin's own error codes (the spec reserves 0-99).
 pub mod codes {
@@ -96,6 +96,13 @@ pub enum CniError {
         /// One line per failure.
         failures: Vec<String>,
     },
+    /// DEL released what it could; these handles failed (the first failure's code; every
+    /// failure in the details).
+    #[error("DEL left {} handle(s): {}", .failures.len(), describe_all(.failures))]
+    DelIncomplete {
+        /// Each handle that could not be released, with why.
+        failures: Vec<(String, ipam_core::Error)>,
+    },
     /// A blocking task or the async runtime could not be started (code 5).
     #[error("cannot run the request: {0}")]
     Runtime(#[source] std::io::Error),
@@ -128,6 +135,10 @@ impl CniError {
             }
             CniError::Datastore(_) => Cni::InvalidNetworkConfig(details),
             CniError::Ipam(e) => ipam_error(e, details),
+            CniError::DelIncomplete { failures } => match failures.first() {
+                Some((_, e)) => ipam_error(e, details),
+                None => Cni::IOFailure(details),
+            },
             CniError::TimedOut { .. } => Cni::TryAgainLater(details),
             CniError::UnknownContainer { .. } => Cni::NotExist(details),
             CniError::CheckFailed { .. } => custom(codes::CHECK_FAILED, "Check failed", details),
@@ -139,6 +150,11 @@ impl CniError {
             ),
         }
     }
+}
+
+fn describe_all(failures: &[(String, ipam_core::Error)]) -> String {
+    let lines: Vec<String> = failures.iter().map(|(h, e)| format!("{h}: {e}")).collect();
+    lines.join("; ")
 }
 
 fn custom(code: u32, msg: &str, details: String) -> Cni {

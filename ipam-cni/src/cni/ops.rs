@@ -97,16 +97,22 @@ pub async fn del<D: Datastore>(
     let mut handles = vec![handle_for(&ctx.config.network, &att.container_id)?];
     handles.extend(att.pod.workload_handle());
     let mut released = Vec::new();
+    let mut failures = Vec::new();
+    // Every handle is tried even when one fails, so one bad handle cannot pin the others.
     for handle in &handles {
         match ipam.release_by_handle(handle).await {
             Ok(ips) => released.extend(ips),
             Err(IpamError::HandleNotFound { .. }) => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => failures.push((handle.to_string(), e)),
         }
     }
     ctx.log
         .info(format_args!("DEL {}: released {released:?}", handles[0]));
-    Ok(released)
+    if failures.is_empty() {
+        Ok(released)
+    } else {
+        Err(CniError::DelIncomplete { failures })
+    }
 }
 
 /// CHECK: the attachment's handle must hold every address of `prev` (the previous

@@ -20,7 +20,7 @@ fn pod_attrs(ns: &str, pod: &str) -> BTreeMap<String, String> {
 /// node n2 one of `net.c2` (default/b).
 fn healthy() -> Snapshot {
     pollster::block_on(async {
-        let ipam = Ipam::new(MemoryStore::new());
+        let ipam = Ipam::new(MemoryStore::new(), crate::SystemClock);
         let mut pool = IpPool::new("10.0.0.0/24".parse().unwrap());
         pool.block_size = 29;
         ipam.create_pool("p", pool).await.unwrap();

@@ -18,7 +18,7 @@ impl<D: Datastore> Ipam<D> {
     /// ```
     /// # pollster::block_on(async {
     /// use ipam_core::{Ipam, MemoryStore, IpamConfig, Error};
-    /// let ipam = Ipam::new(MemoryStore::new());
+    /// let ipam = Ipam::new(MemoryStore::new(), ipam_core::SystemClock);
     /// let strict = IpamConfig { strict_affinity: true, max_blocks_per_host: 4, ..Default::default() };
     /// ipam.set_config(strict).await.unwrap();
     /// let bad = IpamConfig { strict_affinity: false, auto_allocate_blocks: false, ..Default::default() };
@@ -229,7 +229,7 @@ pub fn validate_config(c: &IpamConfig) -> Result<()> {
 /// A pool's own rules: a network address, a block size in range that fits, a valid selector.
 pub fn validate_pool(name: &str, pool: &IpPool) -> Result<()> {
     let valid_name = !name.is_empty()
-        && name.len() <= crate::cidr::MAX_NAME_LEN
+        && name.len() <= crate::names::MAX_NAME_LEN
         && name
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.');

@@ -9,10 +9,11 @@ use std::collections::HashSet;
 
 use ipnet::IpNet;
 
-use crate::cidr::{BlockCidr, NodeName, affinity_name, blocks_in_pool, fnv1a64, nth_block};
+use crate::cidr::{BlockCidr, blocks_in_pool, nth_block};
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::model::{AffinityState, BlockAffinity, IpPool, IpamBlock};
+use crate::names::{NodeName, affinity_name, fnv1a64};
 use crate::store::{Datastore, Scope, StoreError, Stored};
 
 use super::{Ipam, Reservations};
@@ -90,7 +91,7 @@ impl<D: Datastore> Ipam<D> {
                 .store
                 .update(name, aff.value.clone(), &aff.revision)
                 .await?;
-            if let Err(e) = self.unown_block(block, node, must_be_empty).await {
+            if let Err(e) = self.unown_block_once(block, node, must_be_empty).await {
                 if matches!(e, Error::BlockNotEmpty { .. }) {
                     aff.value.state = before;
                     self.store.update(name, aff.value, &aff.revision).await?;
@@ -165,49 +166,59 @@ impl<D: Datastore> Ipam<D> {
         node: &NodeName,
         block: BlockCidr,
     ) -> Result<Stored<IpamBlock>> {
-        let aff_name = affinity_name(node.as_str(), &block);
-        let aff_name = &aff_name;
-        self.retry("claiming a block", move || async move {
-            let pending = BlockAffinity {
-                cidr: block.net(),
-                node: node.to_string(),
-                state: AffinityState::Pending,
-                affinity_type: Some("host".into()),
-                deleted: false,
-            };
-            let aff = match self.store.create(aff_name, pending.clone()).await {
-                Ok(revision) => Stored {
-                    name: aff_name.clone(),
-                    revision,
-                    value: pending,
-                },
-                Err(StoreError::AlreadyExists { .. }) => {
-                    self.store.get(aff_name).await.map_err(gone_is_conflict)?
-                }
-                Err(e) => return Err(e.into()),
-            };
-            let created = match self.create_or_adopt_block(node, block).await {
-                Ok(b) => b,
-                Err(e) => {
-                    if aff.value.state == AffinityState::Pending {
-                        let _ = self
-                            .store
-                            .delete::<BlockAffinity>(aff_name, &aff.revision)
-                            .await;
-                    }
-                    return Err(e);
-                }
-            };
-            if aff.value.state != AffinityState::Confirmed {
-                let mut confirmed = aff.value;
-                confirmed.state = AffinityState::Confirmed;
-                self.store
-                    .update(aff_name, confirmed, &aff.revision)
-                    .await?;
-            }
-            Ok(created)
+        self.retry("claiming a block", move || {
+            self.claim_block_once(node, block)
         })
         .await
+    }
+
+    /// One attempt of [`Ipam::claim_block`]: a conflict is returned to the caller's retry.
+    pub(crate) async fn claim_block_once(
+        &self,
+        node: &NodeName,
+        block: BlockCidr,
+    ) -> Result<Stored<IpamBlock>> {
+        let aff_name = affinity_name(node.as_str(), &block);
+        let pending = BlockAffinity {
+            cidr: block.net(),
+            node: node.to_string(),
+            state: AffinityState::Pending,
+            affinity_type: Some("host".into()),
+            deleted: false,
+        };
+        let aff = match self.store.create(&aff_name, pending.clone()).await {
+            Ok(revision) => Stored {
+                name: aff_name.clone(),
+                revision,
+                value: pending,
+            },
+            Err(StoreError::AlreadyExists { .. }) => {
+                self.store.get(&aff_name).await.map_err(gone_is_conflict)?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let created = match self.create_or_adopt_block(node, block).await {
+            Ok(b) => b,
+            Err(e) => {
+                if aff.value.state == AffinityState::Pending {
+                    // Best effort: a pending affinity owns nothing, and a later claim or
+                    // `gc` finishes or removes it.
+                    let _ = self
+                        .store
+                        .delete::<BlockAffinity>(&aff_name, &aff.revision)
+                        .await;
+                }
+                return Err(e);
+            }
+        };
+        if aff.value.state != AffinityState::Confirmed {
+            let mut confirmed = aff.value;
+            confirmed.state = AffinityState::Confirmed;
+            self.store
+                .update(&aff_name, confirmed, &aff.revision)
+                .await?;
+        }
+        Ok(created)
     }
 
     async fn create_or_adopt_block(
@@ -259,35 +270,33 @@ impl<D: Datastore> Ipam<D> {
         Ok(existing)
     }
 
-    /// Takes the node's affinity off a block it owns: deletes it when empty.
-    async fn unown_block(
+    /// Takes the node's affinity off a block it owns: deletes it when empty. One attempt:
+    /// it runs inside [`Ipam::release_affinity`]'s retry.
+    async fn unown_block_once(
         &self,
         block: BlockCidr,
         node: &NodeName,
         must_be_empty: bool,
     ) -> Result<()> {
-        self.retry("releasing a block", move || async move {
-            let mut b = match self.store.get::<IpamBlock>(&block.name()).await {
-                Ok(b) => b,
-                Err(StoreError::NotFound { .. }) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            };
-            if b.value.host() != Some(node.as_str()) {
-                return Ok(());
-            }
-            if b.value.is_empty() {
-                return self.delete_block(b).await;
-            }
-            if must_be_empty {
-                return Err(Error::BlockNotEmpty { block: block.net() });
-            }
-            b.value.affinity = None;
-            b.value.affinity_claim_time = None;
-            b.value.sequence_number += 1;
-            self.store.update(&b.name, b.value, &b.revision).await?;
-            Ok(())
-        })
-        .await
+        let mut b = match self.store.get::<IpamBlock>(&block.name()).await {
+            Ok(b) => b,
+            Err(StoreError::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        if b.value.host() != Some(node.as_str()) {
+            return Ok(());
+        }
+        if b.value.is_empty() {
+            return self.delete_block(b).await;
+        }
+        if must_be_empty {
+            return Err(Error::BlockNotEmpty { block: block.net() });
+        }
+        b.value.affinity = None;
+        b.value.affinity_claim_time = None;
+        b.value.sequence_number += 1;
+        self.store.update(&b.name, b.value, &b.revision).await?;
+        Ok(())
     }
 
     /// Soft-deletes then deletes a block read at `b.revision`.

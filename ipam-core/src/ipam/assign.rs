@@ -6,12 +6,13 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::cidr::{BlockCidr, HandleId, NodeName, fnv1a64};
+use crate::cidr::BlockCidr;
 use crate::error::{Error, Result};
 use crate::model::{
     AffinityState, AllocationAttribute, BlockAffinity, IntendedUse, IpPool, IpamBlock, IpamConfig,
     IpamHandle,
 };
+use crate::names::{HandleId, NodeName, fnv1a64};
 use crate::selector::Selector;
 use crate::store::{BatchWrite, Datastore, NodeSnapshot, Scope, StoreError, Stored, Write};
 
@@ -173,7 +174,9 @@ impl<D: Datastore> Ipam<D> {
                 let result = async {
                     let mut block = match self.store.get::<IpamBlock>(&cidr.name()).await {
                         Ok(b) => b,
-                        Err(StoreError::NotFound { .. }) => self.claim_block(node, cidr).await?,
+                        Err(StoreError::NotFound { .. }) => {
+                            self.claim_block_once(node, cidr).await?
+                        }
                         Err(e) => return Err(e.into()),
                     };
                     if let Some(owner) = block.value.host().filter(|h| *h != node.as_str()) {
@@ -258,8 +261,12 @@ impl<D: Datastore> Ipam<D> {
                 let Ok(cidr) = block.value.block_cidr() else {
                     continue;
                 };
-                if self.claim_block(node, cidr).await.is_err() {
-                    continue;
+                // Finishing our own pending claim; a node that took the block first keeps
+                // it, and anything else (an unreachable store) is this request's failure.
+                match self.claim_block(node, cidr).await {
+                    Ok(_) => {}
+                    Err(Error::BlockOwned { .. }) => continue,
+                    Err(e) => return Err(e),
                 }
             }
             got.extend(
@@ -382,13 +389,15 @@ impl<D: Datastore> Ipam<D> {
                 self.commit_assignment(block, h, &cidr, n, known).await
             }
             Some(h) => {
-                self.increment_handle(h, &cidr, n, known).await?;
+                self.increment_handle_once(h, &cidr, n, known).await?;
                 let written = self
                     .store
                     .update(&block.name, block.value, &block.revision)
                     .await;
                 if let Err(e) = written {
                     *known = None;
+                    // Undoing the increment is its own operation, retried to completion:
+                    // leaving it half done would over-count the handle on the next attempt.
                     self.decrement_handle(h, &cidr, n).await?;
                     return Err(e.into());
                 }
@@ -450,17 +459,10 @@ impl<D: Datastore> Ipam<D> {
                 }
                 Ok(())
             }
-            Err(
-                e @ (StoreError::Conflict { .. }
-                | StoreError::AlreadyExists { .. }
-                | StoreError::NotFound { .. }),
-            ) => {
+            // Someone else wrote the handle or the block first: re-read both and retry.
+            Err(e) if e.is_lost_race() => {
                 *known = self.handle_if_present(handle).await?;
-                Err(StoreError::Conflict {
-                    kind: crate::store::Kind::IpamBlock,
-                    name: e.to_string(),
-                }
-                .into())
+                Err(e.into_conflict().into())
             }
             Err(e) => Err(e.into()),
         }

@@ -11,49 +11,40 @@ use super::Ipam;
 
 impl<D: Datastore> Ipam<D> {
     /// Adds `n` addresses in `block` to `handle`. `known` carries what this operation last
-    /// wrote, so that a second increment in the same call costs one write, not three.
-    pub(crate) async fn increment_handle(
+    /// wrote, so that a second increment in the same call costs one write, not three. One
+    /// attempt: a lost race refreshes `known` and is returned as a conflict to the caller's
+    /// retry, which re-reads the block too.
+    pub(crate) async fn increment_handle_once(
         &self,
         handle: &str,
         block: &str,
         n: u32,
         known: &mut Option<Stored<IpamHandle>>,
     ) -> Result<()> {
-        self.retry_with("updating a handle", known, move |known| async move {
-            let result = async {
-                let (mut value, revision) = match known.take() {
-                    Some(s) => (s.value, Some(s.revision)),
-                    None => (IpamHandle::new(handle), None),
-                };
-                *value.block.entry(block.to_owned()).or_default() += n;
-                let written = match &revision {
-                    Some(rev) => self.store.update(handle, value.clone(), rev).await,
-                    None => self.store.create(handle, value.clone()).await,
-                };
-                match written {
-                    Ok(rev) => {
-                        *known = Some(Stored {
-                            name: handle.to_owned(),
-                            revision: rev,
-                            value,
-                        });
-                        Ok(())
-                    }
-                    Err(
-                        StoreError::AlreadyExists { .. }
-                        | StoreError::Conflict { .. }
-                        | StoreError::NotFound { .. },
-                    ) => {
-                        *known = self.handle_if_present(handle).await?;
-                        Err(StoreError::conflict::<IpamHandle>(handle).into())
-                    }
-                    Err(e) => Err(e.into()),
-                }
+        let (mut value, revision) = match known.take() {
+            Some(s) => (s.value, Some(s.revision)),
+            None => (IpamHandle::new(handle), None),
+        };
+        *value.block.entry(block.to_owned()).or_default() += n;
+        let written = match &revision {
+            Some(rev) => self.store.update(handle, value.clone(), rev).await,
+            None => self.store.create(handle, value.clone()).await,
+        };
+        match written {
+            Ok(rev) => {
+                *known = Some(Stored {
+                    name: handle.to_owned(),
+                    revision: rev,
+                    value,
+                });
+                Ok(())
             }
-            .await;
-            (known, result)
-        })
-        .await
+            Err(e) if e.is_lost_race() => {
+                *known = self.handle_if_present(handle).await?;
+                Err(e.into_conflict().into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Removes `n` addresses in `block` from `handle`, deleting the handle when it holds

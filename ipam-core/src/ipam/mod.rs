@@ -24,13 +24,11 @@ pub use self::release::{Allocation, ReleaseRequest};
 pub use self::usage::{BlockUsage, PoolUsage, Usage};
 
 use crate::cidr::parse_cidr_or_ip;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::model::{IpPool, IpReservation, IpamConfig};
+use crate::retry::{MAX_ATTEMPTS, RetryError, retry_conflicts};
 use crate::store::{Datastore, StoreError, Stored};
-
-/// How many conflicting writes an operation tolerates before giving up (Calico's number).
-pub const MAX_ATTEMPTS: u32 = 100;
 
 /// The allocator: Calico's IPAM operations over a datastore.
 pub struct Ipam<D> {
@@ -52,13 +50,9 @@ pub enum Family {
 pub(crate) struct Reservations(Vec<(IpNet, String)>);
 
 impl<D: Datastore> Ipam<D> {
-    /// An allocator on `store` using the system clock.
-    pub fn new(store: D) -> Self {
-        Ipam::with_clock(store, SystemClock)
-    }
-
-    /// An allocator on `store` reading time from `clock`.
-    pub fn with_clock(store: D, clock: impl Clock + 'static) -> Self {
+    /// An allocator on `store` reading time from `clock`: the front end passes
+    /// [`SystemClock`](crate::SystemClock), tests a [`ManualClock`](crate::ManualClock).
+    pub fn new(store: D, clock: impl Clock + 'static) -> Self {
         Ipam {
             store,
             clock: Arc::new(clock),
@@ -91,28 +85,27 @@ impl<D: Datastore> Ipam<D> {
     }
 
     /// [`Ipam::retry`] for attempts that carry state from one try to the next: each attempt
-    /// takes `state` and hands it back with its result.
+    /// takes `state` and hands it back with its result. The loop is
+    /// [`retry_conflicts`](crate::retry::retry_conflicts); an attempt must not retry
+    /// conflicts itself (it calls the `_once` forms of other operations).
     pub(crate) async fn retry_with<S, T, Fut>(
         &self,
         operation: &'static str,
-        mut state: S,
-        mut attempt: impl FnMut(S) -> Fut,
+        state: S,
+        attempt: impl FnMut(S) -> Fut,
     ) -> Result<T>
     where
         Fut: Future<Output = (S, Result<T>)>,
     {
-        for _ in 0..MAX_ATTEMPTS {
-            let (back, result) = attempt(state).await;
-            state = back;
-            match result {
-                Err(Error::Store(e)) if e.is_conflict() => continue,
-                other => return other,
-            }
-        }
-        Err(Error::RetriesExhausted {
-            operation,
-            attempts: MAX_ATTEMPTS,
-        })
+        retry_conflicts(MAX_ATTEMPTS, state, attempt)
+            .await
+            .map_err(|e| match e {
+                RetryError::Failed(e) => e,
+                RetryError::Exhausted { attempts, .. } => Error::RetriesExhausted {
+                    operation,
+                    attempts,
+                },
+            })
     }
 
     /// The stored config, or the defaults when none is stored.

@@ -7,10 +7,11 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::block::{Cooldown, ReleaseOutcome};
-use crate::cidr::{BlockCidr, HandleId};
+use crate::cidr::BlockCidr;
 use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::model::{IpPool, IpamBlock};
+use crate::names::HandleId;
 use crate::store::{Datastore, Scope, StoreError, Stored};
 
 use super::Ipam;
@@ -113,7 +114,7 @@ impl<D: Datastore> Ipam<D> {
                     first = false;
                     for cidr in h.value.block.keys() {
                         released.extend(
-                            self.release_handle_in_block(cidr, handle.as_str(), cooldown)
+                            self.release_handle_in_block_once(cidr, handle.as_str(), cooldown)
                                 .await?,
                         );
                     }
@@ -250,33 +251,32 @@ impl<D: Datastore> Ipam<D> {
         Ok(outcomes)
     }
 
-    async fn release_handle_in_block(
+    /// Releases `handle`'s addresses in one block. One attempt: it runs inside
+    /// [`Ipam::release_by_handle`]'s retry.
+    async fn release_handle_in_block_once(
         &self,
         cidr: &str,
         handle: &str,
         cooldown: u32,
     ) -> Result<Vec<IpNet>> {
-        self.retry("releasing a handle's addresses", move || async move {
-            let Some(mut b) = self.block_by_cidr(cidr).await? else {
-                return Ok(Vec::new());
-            };
-            let bc = b.value.block_cidr()?;
-            let now = self.now();
-            let stamp = rfc3339(now);
-            let how = if cooldown > 0 {
-                Cooldown::Until(&stamp)
-            } else {
-                Cooldown::None
-            };
-            b.value.fold_cooldown(now, cooldown);
-            let ordinals = b.value.release_handle(handle, how);
-            if ordinals.is_empty() {
-                return Ok(Vec::new());
-            }
-            self.write_released(b).await?;
-            Ok(ordinals.into_iter().map(|o| bc.addr_net(o)).collect())
-        })
-        .await
+        let Some(mut b) = self.block_by_cidr(cidr).await? else {
+            return Ok(Vec::new());
+        };
+        let bc = b.value.block_cidr()?;
+        let now = self.now();
+        let stamp = rfc3339(now);
+        let how = if cooldown > 0 {
+            Cooldown::Until(&stamp)
+        } else {
+            Cooldown::None
+        };
+        b.value.fold_cooldown(now, cooldown);
+        let ordinals = b.value.release_handle(handle, how);
+        if ordinals.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write_released(b).await?;
+        Ok(ordinals.into_iter().map(|o| bc.addr_net(o)).collect())
     }
 
     /// Writes a block after a release; an empty block that no node owns is deleted.

@@ -20,7 +20,7 @@ pub fn t0() -> OffsetDateTime {
 /// An allocator on an empty MemoryStore with a manual clock shared with the test.
 pub fn ipam() -> (Ipam<MemoryStore>, std::sync::Arc<ManualClock>) {
     let clock = std::sync::Arc::new(ManualClock::new(t0()));
-    (Ipam::with_clock(MemoryStore::new(), clock.clone()), clock)
+    (Ipam::new(MemoryStore::new(), clock.clone()), clock)
 }
 
 pub fn node(n: &str) -> NodeName {

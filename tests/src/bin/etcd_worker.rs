@@ -87,7 +87,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = EtcdConfig::new([args.endpoint.clone()])
         .with_prefix(args.prefix.clone())
         .with_timeouts(Duration::from_secs(1), Duration::from_secs(2));
-    let ipam = Arc::new(Ipam::new(EtcdStore::connect(config).await?));
+    let ipam = Arc::new(Ipam::new(
+        EtcdStore::connect(config).await?,
+        ipam_core::SystemClock,
+    ));
     let deadline = Instant::now() + DEADLINE;
     let tasks: Vec<_> = (0..args.nodes)
         .map(|k| {

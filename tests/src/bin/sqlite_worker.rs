@@ -76,7 +76,7 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .create(true)
         .append(true)
         .open(&args.log)?;
-    let ipam = Ipam::new(SqliteStore::open(&args.db)?);
+    let ipam = Ipam::new(SqliteStore::open(&args.db)?, ipam_core::SystemClock);
     let mut held = VecDeque::new();
     for cycle in 0..args.cycles {
         let handle = HandleId::new(format!("w{}-c{cycle}", args.id))?;

@@ -2,14 +2,14 @@
 //! block, a block used between observations is kept, crash leftovers are cleaned up.
 #![allow(clippy::unwrap_used)]
 
-mod ipamctl_support;
+mod support;
 
 use ipam_core::{
     AffinityState, BlockAffinity, HandleId, Ipam, IpamBlock, IpamConfig, IpamHandle, ManualClock,
 };
 use ipam_sqlite::SqliteStore;
-use ipamctl_support::{Fixture, block_on};
 use serde_json::Value;
+use support::{Fixture, block_on};
 
 fn gc(f: &Fixture, grace: &str) -> Value {
     let state = f.state_file();
@@ -60,7 +60,7 @@ fn cooled_down_addresses_come_back_in_release_order() {
     f.pool("10.0.0.0/29", 29);
     let past = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
     let clock = std::sync::Arc::new(ManualClock::new(past));
-    let ipam = Ipam::with_clock(SqliteStore::open(&f.db).unwrap(), clock.clone());
+    let ipam = Ipam::new(SqliteStore::open(&f.db).unwrap(), clock.clone());
     block_on(ipam.set_config(IpamConfig {
         ip_cooldown_seconds: 60,
         ..Default::default()

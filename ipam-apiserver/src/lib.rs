@@ -10,11 +10,13 @@
 //! - `metadata.creationTimestamp` is the time this server created the object, or first saw
 //!   it when something else created it (the datastores keep no creation time).
 //!
-//! [`uid_of`]: crate::resource::uid_of
-//! [`NODE_LABEL`]: crate::resource::NODE_LABEL
+//! [`uid_of`]: ipam_k8s::resource::uid_of
+//! [`NODE_LABEL`]: ipam_k8s::resource::NODE_LABEL
 
 mod discovery;
+pub mod object;
 mod read;
+mod selector;
 mod table;
 mod watch;
 mod write;
@@ -37,7 +39,18 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::object::{Meta, Status};
-use crate::resource::ResourceDef;
+use ipam_k8s::resource::ResourceDef;
+
+/// What starting or running the server can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Listening or serving failed (the address is taken, the listener broke).
+    #[error("serving the API: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Tunables of the server.
 #[derive(Clone, Debug)]
@@ -134,7 +147,7 @@ pub fn router<D: Datastore + 'static>(store: D, options: ServeOptions) -> Router
 }
 
 /// Serves the API over `store` on `listener` until the listener fails.
-pub async fn serve<D: Datastore + 'static>(listener: TcpListener, store: D) -> crate::Result<()> {
+pub async fn serve<D: Datastore + 'static>(listener: TcpListener, store: D) -> Result<()> {
     serve_with_shutdown(
         listener,
         store,
@@ -150,7 +163,7 @@ pub async fn serve_with_shutdown<D, F>(
     store: D,
     options: ServeOptions,
     shutdown: F,
-) -> crate::Result<()>
+) -> Result<()>
 where
     D: Datastore + 'static,
     F: Future<Output = ()> + Send + 'static,
@@ -158,7 +171,7 @@ where
     axum::serve(listener, router(store, options))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(crate::Error::Serve)
+        .map_err(Error::Serve)
 }
 
 /// A JSON response.
@@ -255,7 +268,7 @@ fn wants_table(headers: &HeaderMap) -> bool {
 pub struct Running {
     addr: std::net::SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<crate::Result<()>>,
+    task: tokio::task::JoinHandle<Result<()>>,
 }
 
 impl Running {
@@ -264,9 +277,9 @@ impl Running {
         addr: &str,
         store: D,
         options: ServeOptions,
-    ) -> crate::Result<Running> {
-        let listener = TcpListener::bind(addr).await.map_err(crate::Error::Serve)?;
-        let addr = listener.local_addr().map_err(crate::Error::Serve)?;
+    ) -> Result<Running> {
+        let listener = TcpListener::bind(addr).await.map_err(Error::Serve)?;
+        let addr = listener.local_addr().map_err(Error::Serve)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let stop = async move {
             let _ = rx.await;

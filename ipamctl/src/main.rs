@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ipam_cni::ctl::{self, Cli, EXIT_ERROR};
-use ipam_cni::datastore::{DatastoreSpec, StoreOp, with_store};
 use ipam_core::Datastore;
+use ipam_datastore::{DatastoreSpec, StoreOp, with_store};
+use ipamctl::{self as ctl, Cli, EXIT_ERROR};
 
 /// The parsed command, run on whichever store the spec opens.
 struct Run<'a> {
@@ -28,7 +28,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The manifests need no datastore: print them without opening (or creating) one.
     if matches!(cli.command, ctl::Command::Crds) {
-        return match ctl::serve::crds(&mut std::io::stdout().lock()) {
+        return match ctl::crds::run(&mut std::io::stdout().lock()) {
             Ok(code) => ExitCode::from(code),
             Err(e) => fail(&e.to_string()),
         };

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use etcd_client::Client;
 use ipam_core::{AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, NodeName, OpCounts};
-use ipam_etcd::local::LocalEtcd;
 use ipam_etcd::{EtcdConfig, EtcdStore};
+use ipam_tests::etcd_server::LocalEtcd;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -80,7 +80,7 @@ async fn store(endpoint: &str, prefix: &str) -> Result<EtcdStore, BoxError> {
 
 /// A fresh prefix with one /8 pool of /24 blocks (256 addresses: no allocator fills one).
 async fn fresh_pool(endpoint: &str, prefix: &str) -> Result<(), BoxError> {
-    let ipam = Ipam::new(store(endpoint, prefix).await?);
+    let ipam = Ipam::new(store(endpoint, prefix).await?, ipam_core::SystemClock);
     let mut pool = IpPool::new("10.0.0.0/8".parse()?);
     pool.block_size = 24;
     ipam.create_pool("bench", pool).await?;
@@ -94,7 +94,7 @@ async fn steady(endpoint: &str, c: usize, each: usize) -> Result<Figures, BoxErr
     fresh_pool(endpoint, &prefix).await?;
     let mut allocators = Vec::with_capacity(c);
     for i in 0..c {
-        let ipam = Ipam::new(store(endpoint, &prefix).await?);
+        let ipam = Ipam::new(store(endpoint, &prefix).await?, ipam_core::SystemClock);
         let node = NodeName::new(format!("node-{i}"))?;
         add(&ipam, &node, "warm").await?;
         allocators.push((Arc::new(ipam), node));
@@ -144,7 +144,10 @@ async fn storm(endpoint: &str, n: usize) -> Result<Figures, BoxError> {
     fresh_pool(endpoint, prefix).await?;
     let mut allocators = Vec::with_capacity(n);
     for _ in 0..n {
-        allocators.push(Arc::new(Ipam::new(store(endpoint, prefix).await?)));
+        allocators.push(Arc::new(Ipam::new(
+            store(endpoint, prefix).await?,
+            ipam_core::SystemClock,
+        )));
     }
     let start = Instant::now();
     let tasks: Vec<_> = allocators

@@ -2,16 +2,16 @@
 //! `release --from-report` repairing exactly the leaks.
 #![allow(clippy::unwrap_used)]
 
-mod ipamctl_support;
+mod support;
 
 use ipam_core::{
     AffinityState, BlockAffinity, HandleId, IpamBlock, IpamConfig, IpamHandle, ManualClock,
     NodeName,
 };
 use ipam_sqlite::SqliteStore;
-use ipamctl_support::{Fixture, block_on, kinds};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use support::{Fixture, block_on, kinds};
 
 /// Pool 10.0.0.0/24 in /29 blocks. n1: 3 addresses of c1 (pod default/a), 1 of c3
 /// (default/c); n2: 1 of c2 (default/b).
@@ -182,8 +182,7 @@ fn finds_addresses_held_past_their_cooldown() {
         .unwrap();
         // Released an hour ago (by a clock set back), so the 60 s cooldown is long over.
         let past = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
-        let old =
-            ipam_core::Ipam::with_clock(SqliteStore::open(&f.db).unwrap(), ManualClock::new(past));
+        let old = ipam_core::Ipam::new(SqliteStore::open(&f.db).unwrap(), ManualClock::new(past));
         old.release_by_handle(&HandleId::new("k8s-pod-network.c3").unwrap())
             .await
             .unwrap();

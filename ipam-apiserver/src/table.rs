@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::resource::{PrinterColumn, ResourceDef};
+use ipam_k8s::resource::{PrinterColumn, ResourceDef};
 
 /// A Table of `objects` (full objects as served) with list revision `rv`.
 pub(super) fn table(

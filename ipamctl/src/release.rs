@@ -82,6 +82,7 @@ pub async fn run<D: Datastore>(
             handle: args.handle.clone(),
         };
         let outcomes = ipam.release_ips(&[request]).await?;
+        let refused = outcomes.iter().any(|(_, o)| o.is_refused());
         let done: Vec<Released> = outcomes
             .into_iter()
             .map(|(ip, o)| Released {
@@ -90,7 +91,6 @@ pub async fn run<D: Datastore>(
                 result: describe(&o),
             })
             .collect();
-        let refused = done.iter().any(|r| r.result.starts_with("skipped"));
         print_addresses(out, format, &done)?;
         return Ok(if refused { EXIT_FINDINGS } else { EXIT_OK });
     }

@@ -3,7 +3,7 @@
 use ipam_core::{Kind, Resource, Stored};
 use serde_json::{Map, Value, json};
 
-use crate::resource::{API_VERSION, GROUP, labels_of, uid_of};
+use ipam_k8s::resource::{API_VERSION, GROUP, labels_of, uid_of};
 
 /// The metadata the server reports beside a stored spec.
 #[derive(Clone, Debug, Default)]

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use super::read::{ListQuery, select};
 use super::{ApiServer, table};
 use crate::object::Status;
-use crate::resource::ResourceDef;
-use crate::with_kind;
+use ipam_k8s::resource::ResourceDef;
+use ipam_k8s::with_kind;
 
 /// The longest watch, whatever the client asks for.
 const MAX_WATCH: Duration = Duration::from_secs(3600);

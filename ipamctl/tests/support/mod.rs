@@ -41,7 +41,7 @@ impl Fixture {
 
     /// The allocator over a fresh connection to the database.
     pub fn ipam(&self) -> Ipam<SqliteStore> {
-        Ipam::new(SqliteStore::open(&self.db).unwrap())
+        Ipam::new(SqliteStore::open(&self.db).unwrap(), ipam_core::SystemClock)
     }
 
     /// Runs `ipamctl --datastore sqlite:DB ARGS...`.

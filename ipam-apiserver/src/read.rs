@@ -13,9 +13,9 @@ use serde_json::{Value, json};
 
 use super::{ApiServer, json, resolve, store_status, table, wants_table};
 use crate::object::{Status, to_object};
-use crate::resource::{NODE_LABEL, ResourceDef, labels_of, node_scoped};
 use crate::selector::{LabelSelector, NameSelector};
-use crate::with_kind;
+use ipam_k8s::resource::{NODE_LABEL, ResourceDef, labels_of, node_scoped};
+use ipam_k8s::with_kind;
 
 type Params = Query<HashMap<String, String>>;
 
@@ -128,7 +128,7 @@ pub(super) async fn list<D: Datastore + 'static>(
                     metadata["continue"] = json!(next);
                 }
                 json(StatusCode::OK, &json!({
-                    "apiVersion": crate::resource::API_VERSION,
+                    "apiVersion": ipam_k8s::resource::API_VERSION,
                     "kind": def.list_kind(),
                     "metadata": metadata,
                     "items": items,

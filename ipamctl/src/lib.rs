@@ -2,12 +2,13 @@
 //!
 //! The command line is parsed by [`Cli`]; [`run`] executes it against any [`Datastore`] and
 //! writes to the writer it is given, so every command is testable without a process. The
-//! binary (`src/bin/ipamctl.rs`) only opens the datastore and maps the outcome to an exit
+//! binary (`src/main.rs`) only opens the datastore and maps the outcome to an exit
 //! status: 0 for success (and a clean `check`), 1 when `check` finds something or a release
 //! was refused, 2 for errors.
 
 pub mod check;
 pub mod config;
+pub mod crds;
 pub mod gc;
 pub mod output;
 pub mod pool;
@@ -59,7 +60,7 @@ pub enum CtlError {
     },
     /// The API server stopped with an error.
     #[error(transparent)]
-    Serve(ipam_k8s::Error),
+    Serve(ipam_apiserver::Error),
     /// Writing the output failed (a closed pipe, a full disk).
     #[error("writing output: {0}")]
     Output(#[source] std::io::Error),
@@ -150,7 +151,7 @@ pub async fn run<D: Datastore + 'static>(
     if let Command::Serve(args) = &cli.command {
         return serve::run(store, args, out).await;
     }
-    let ipam = Ipam::new(store);
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
     let format = cli.output;
     match &cli.command {
         Command::Pool { command } => pool::run(&ipam, command, format, out).await,
@@ -159,7 +160,7 @@ pub async fn run<D: Datastore + 'static>(
         Command::Check(args) => check::run(&ipam, args, format, out).await,
         Command::Release(args) => release::run(&ipam, args, format, out).await,
         Command::Gc(args) => gc::run(&ipam, args, format, out, state_default).await,
-        Command::Crds => serve::crds(out),
+        Command::Crds => crds::run(out),
         // Taken before the store was wrapped.
         Command::Serve(_) => Ok(EXIT_OK),
     }

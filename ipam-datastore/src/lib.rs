@@ -291,7 +291,7 @@ mod tests {
     impl StoreOp for CountPools {
         type Output = ipam_core::Result<usize>;
         async fn run<D: Datastore + 'static>(self, store: D) -> Self::Output {
-            let ipam = ipam_core::Ipam::new(store);
+            let ipam = ipam_core::Ipam::new(store, ipam_core::SystemClock);
             ipam.list_pools().await.map(|p| p.len())
         }
     }

@@ -194,7 +194,7 @@ impl Bench {
     /// Brings both stores from `from` to `to` allocations; `(0, 0)` sets up the pool.
     fn fill(&self, from: usize, to: usize) -> Result<(), String> {
         let store = SqliteStore::open(self.dir.join("ipam.db")).map_err(|e| e.to_string())?;
-        let ipam = Ipam::new(store);
+        let ipam = Ipam::new(store, ipam_core::SystemClock);
         let node = NodeName::new("bench-node").map_err(|e| e.to_string())?;
         let pool: ipnet::IpNet = "10.100.0.0/16".parse().map_err(|e| format!("{e}"))?;
         block_on(async {

@@ -1,10 +1,10 @@
 //! `ipamctl pool`, `config`, `show` and `release` against a SQLite store.
 #![allow(clippy::unwrap_used)]
 
-mod ipamctl_support;
+mod support;
 
 use ipam_core::IpReservation;
-use ipamctl_support::{Fixture, block_on};
+use support::{Fixture, block_on};
 
 #[test]
 fn pools_are_created_listed_fetched_and_deleted() {

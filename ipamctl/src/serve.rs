@@ -1,4 +1,4 @@
-//! `ipamctl serve` and `ipamctl crds`: the datastore seen through a Kubernetes-style API, so
+//! `ipamctl serve`: the datastore seen through a Kubernetes-style API, so
 //! `kubectl get ipamblocks` works on a SQLite or etcd store as it does on a cluster.
 
 use std::io::Write;
@@ -46,19 +46,13 @@ pub async fn run<D: Datastore + 'static>(
             std::future::pending::<()>().await;
         }
     };
-    ipam_k8s::serve_with_shutdown(
+    ipam_apiserver::serve_with_shutdown(
         listener,
         store,
-        ipam_k8s::ServeOptions::default(),
+        ipam_apiserver::ServeOptions::default(),
         interrupted,
     )
     .await
     .map_err(CtlError::Serve)?;
-    Ok(EXIT_OK)
-}
-
-/// Prints the CustomResourceDefinitions of the six resources.
-pub fn crds(out: &mut dyn Write) -> Result<u8> {
-    write!(out, "{}", ipam_k8s::crd_manifests()).map_err(CtlError::Output)?;
     Ok(EXIT_OK)
 }

@@ -5,7 +5,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::json;
-use crate::resource::{API_VERSION, DEFS, GROUP, VERSION};
+use ipam_k8s::resource::{API_VERSION, DEFS, GROUP, VERSION};
 
 /// The Kubernetes API level these resources follow (k8s-openapi's `v1_34`), with this crate
 /// named in the semver build metadata so nobody mistakes the server for kube-apiserver.

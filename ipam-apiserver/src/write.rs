@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 
 use super::{ApiServer, json, resolve, store_status};
 use crate::object::{Incoming, Refusal, Status, from_object, to_object};
-use crate::resource::{GROUP, labels_of, uid_of};
-use crate::with_kind;
+use ipam_k8s::resource::{GROUP, labels_of, uid_of};
+use ipam_k8s::with_kind;
 
 /// Unconditional writes (no `resourceVersion` given) retry a conflict this many times.
 const UNCONDITIONAL_ATTEMPTS: usize = 16;
