@@ -26,6 +26,8 @@ pub mod check;
 pub mod cidr;
 pub mod clock;
 pub mod error;
+#[cfg(any(test, feature = "testing"))]
+pub mod hooked;
 mod ipam;
 pub mod memory;
 pub mod model;

@@ -5,15 +5,16 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub use crate::hooked::{Hooked, Hooks};
 use crate::model::{AffinityState, BlockAffinity, IpamBlock, IpamHandle};
-use crate::store::{
-    BatchWrite, Datastore, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored,
-};
+use crate::store::{Datastore, Kind, Op, Scope, StoreError};
 
-/// Wraps a store and fails a chosen fraction of CAS writes (updates and deletes) with
-/// [`StoreError::Conflict`] before they reach it, as a racing writer would.
-pub struct ConflictInjector<D> {
-    inner: D,
+/// Wraps a store and fails a chosen fraction of CAS writes (updates, deletes and commits)
+/// with [`StoreError::Conflict`] before they reach it, as a racing writer would.
+pub type ConflictInjector<D> = Hooked<D, InjectConflicts>;
+
+/// The [`Hooks`] of a [`ConflictInjector`].
+pub struct InjectConflicts {
     per_million: u64,
     state: AtomicU64,
     injected: AtomicU64,
@@ -21,27 +22,27 @@ pub struct ConflictInjector<D> {
 
 impl<D: Datastore> ConflictInjector<D> {
     /// Fails `fraction` (0.0..=1.0) of CAS writes; `seed` makes the choice repeatable.
-    pub fn new(inner: D, fraction: f64, seed: u64) -> Self {
+    pub fn injecting(inner: D, fraction: f64, seed: u64) -> Self {
         let per_million = (fraction.clamp(0.0, 1.0) * 1_000_000.0) as u64;
-        ConflictInjector {
-            inner,
+        let hooks = InjectConflicts {
             per_million,
             state: AtomicU64::new(seed | 1),
             injected: AtomicU64::new(0),
-        }
+        };
+        Hooked::new(inner, hooks)
     }
 
     /// How many conflicts were injected so far.
     pub fn injected(&self) -> u64 {
-        self.injected.load(Ordering::Relaxed)
+        self.hooks.injected.load(Ordering::Relaxed)
     }
+}
 
-    /// The wrapped store.
-    pub fn inner(&self) -> &D {
-        &self.inner
-    }
-
-    fn roll<R: Resource>(&self, name: &str) -> Result<(), StoreError> {
+impl Hooks for InjectConflicts {
+    async fn before_write(&self, op: Op, kind: Kind, name: &str) -> Result<(), StoreError> {
+        if op == Op::Create {
+            return Ok(());
+        }
         // xorshift64: cheap, lock-free enough for tests, and repeatable from the seed.
         let mut x = self.state.load(Ordering::Relaxed);
         x ^= x << 13;
@@ -50,56 +51,12 @@ impl<D: Datastore> ConflictInjector<D> {
         self.state.store(x, Ordering::Relaxed);
         if x % 1_000_000 < self.per_million {
             self.injected.fetch_add(1, Ordering::Relaxed);
-            return Err(StoreError::conflict::<R>(name));
+            return Err(StoreError::Conflict {
+                kind,
+                name: name.to_owned(),
+            });
         }
         Ok(())
-    }
-}
-
-impl<D: Datastore> Datastore for ConflictInjector<D> {
-    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
-        self.inner.get(name).await
-    }
-
-    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
-        self.inner.list(scope).await
-    }
-
-    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
-        self.inner.create(name, value).await
-    }
-
-    async fn update<R: Resource>(
-        &self,
-        name: &str,
-        value: R,
-        revision: &Revision,
-    ) -> Result<Revision, StoreError> {
-        self.roll::<R>(name)?;
-        self.inner.update(name, value, revision).await
-    }
-
-    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
-        self.roll::<R>(name)?;
-        self.inner.delete::<R>(name, revision).await
-    }
-
-    fn op_counts(&self) -> OpCounts {
-        self.inner.op_counts()
-    }
-
-    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
-        self.inner.node_snapshot(node).await
-    }
-
-    fn supports_commit(&self) -> bool {
-        self.inner.supports_commit()
-    }
-
-    /// A batch is a CAS write too: it fails whole, as a racing writer would make it.
-    async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
-        self.roll::<IpamBlock>("batch")?;
-        self.inner.commit(writes).await
     }
 }
 

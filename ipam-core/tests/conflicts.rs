@@ -12,10 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use common::*;
-use ipam_core::testing::{ConflictInjector, check_invariants};
+use ipam_core::store::Op;
+use ipam_core::testing::{ConflictInjector, Hooked, Hooks, check_invariants};
 use ipam_core::{
-    Datastore, Error, IpamHandle, Kind, MemoryStore, OpCounts, ReleaseOutcome, ReleaseRequest,
-    Resource, Revision, Scope, StoreError, Stored,
+    Datastore, Error, IpamHandle, Kind, MemoryStore, ReleaseOutcome, ReleaseRequest, Scope,
+    StoreError,
 };
 
 const NODES: usize = 6;
@@ -24,7 +25,7 @@ const ROUNDS: usize = 25;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_nodes_stay_exact_under_injected_conflicts() {
-    let store = ConflictInjector::new(MemoryStore::new(), 0.3, 0x5eed);
+    let store = ConflictInjector::injecting(MemoryStore::new(), 0.3, 0x5eed);
     let ipam = Arc::new(ipam_core::Ipam::new(store, ipam_core::SystemClock));
     // 1024 addresses in 128 blocks of 8: enough for every task, small enough to share blocks.
     ipam.create_pool("p4", pool("10.8.0.0/22", 29))
@@ -81,7 +82,7 @@ async fn concurrent_nodes_stay_exact_under_injected_conflicts() {
         "too few conflicts to mean anything: {}",
         ipam.store().injected()
     );
-    let problems = check_invariants(ipam.store().inner()).await.unwrap();
+    let problems = check_invariants(&ipam.store().inner).await.unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     let mut seen = HashSet::new();
     for (h, ips) in &kept {
@@ -112,10 +113,9 @@ async fn concurrent_nodes_stay_exact_under_injected_conflicts() {
     assert_eq!(handles.len(), kept.len(), "released handles are deleted");
 }
 
-/// Fails the next write of one kind once, with a conflict or with `Unavailable`, and counts
-/// the writes of that kind it is asked for.
+/// Fails the next update of one kind once, with a conflict or with `Unavailable`, and
+/// counts the updates of that kind it is asked for.
 struct FailOnce {
-    inner: MemoryStore,
     kind: Kind,
     armed: AtomicBool,
     unavailable: bool,
@@ -123,18 +123,20 @@ struct FailOnce {
 }
 
 impl FailOnce {
-    fn new(kind: Kind, unavailable: bool) -> Self {
-        FailOnce {
-            inner: MemoryStore::new(),
+    fn new(kind: Kind, unavailable: bool) -> Hooked<MemoryStore, FailOnce> {
+        let hooks = FailOnce {
             kind,
             armed: AtomicBool::new(false),
             unavailable,
             writes: AtomicU64::new(0),
-        }
+        };
+        Hooked::new(MemoryStore::new(), hooks)
     }
+}
 
-    fn fail<R: Resource>(&self, name: &str) -> Result<(), StoreError> {
-        if R::KIND != self.kind {
+impl Hooks for FailOnce {
+    async fn before_write(&self, op: Op, kind: Kind, name: &str) -> Result<(), StoreError> {
+        if op != Op::Update || kind != self.kind {
             return Ok(());
         }
         self.writes.fetch_add(1, Ordering::SeqCst);
@@ -146,35 +148,11 @@ impl FailOnce {
                 source: "injected outage".into(),
             }
         } else {
-            StoreError::conflict::<R>(name)
+            StoreError::Conflict {
+                kind,
+                name: name.to_owned(),
+            }
         })
-    }
-}
-
-impl Datastore for FailOnce {
-    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
-        self.inner.get(name).await
-    }
-    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
-        self.inner.list(scope).await
-    }
-    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
-        self.inner.create(name, value).await
-    }
-    async fn update<R: Resource>(
-        &self,
-        name: &str,
-        value: R,
-        revision: &Revision,
-    ) -> Result<Revision, StoreError> {
-        self.fail::<R>(name)?;
-        self.inner.update(name, value, revision).await
-    }
-    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
-        self.inner.delete::<R>(name, revision).await
-    }
-    fn op_counts(&self) -> OpCounts {
-        self.inner.op_counts()
     }
 }
 
@@ -189,12 +167,12 @@ async fn second_assign(unavailable: bool) -> (Result<ipam_core::Assigned, Error>
         .await
         .unwrap();
     ipam.auto_assign(&args("n1", 1, 0, "first")).await.unwrap();
-    let store = ipam.store();
+    let store = &ipam.store().hooks;
     store.armed.store(true, Ordering::SeqCst);
     let before = store.writes.load(Ordering::SeqCst);
     let got = ipam.auto_assign(&args("n1", 1, 0, "second")).await;
     let writes = store.writes.load(Ordering::SeqCst) - before;
-    let problems = check_invariants(store).await.unwrap();
+    let problems = check_invariants(&ipam.store().inner).await.unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     (got, writes)
 }
@@ -226,7 +204,7 @@ fn an_outage_is_not_retried() {
 #[test]
 fn retries_are_bounded() {
     pollster::block_on(async {
-        let store = ConflictInjector::new(MemoryStore::new(), 1.0, 1);
+        let store = ConflictInjector::injecting(MemoryStore::new(), 1.0, 1);
         let ipam = ipam_core::Ipam::new(store, ipam_core::SystemClock);
         ipam.create_pool("p", pool("10.9.0.0/24", 26))
             .await
@@ -236,7 +214,7 @@ fn retries_are_bounded() {
             matches!(got, Err(Error::RetriesExhausted { attempts: 100, .. })),
             "{got:?}"
         );
-        let problems = check_invariants(ipam.store().inner()).await.unwrap();
+        let problems = check_invariants(&ipam.store().inner).await.unwrap();
         assert!(problems.is_empty(), "{problems:#?}");
     });
 }

@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipam_apiserver::{Running, ServeOptions};
+use ipam_core::store::Op;
+use ipam_core::testing::{Hooked, Hooks};
 use ipam_core::{
-    AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, IpamBlock, IpamHandle, MemoryStore,
-    NodeName, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, IpamBlock, IpamHandle, Kind, MemoryStore,
+    NodeName, OpCounts, Resource, Scope, StoreError,
 };
 use ipam_k8s::KubeStore;
 use tokio::sync::Semaphore;
@@ -26,46 +28,30 @@ fn client(server: &Running) -> KubeStore {
     KubeStore::for_url(&server.url()).expect("a client for the local server")
 }
 
-/// Forwards to a store, but holds its first block update until the gate opens, and counts
-/// the conflicts its updates get back.
-struct Paused<D> {
-    inner: D,
+/// Holds a store's first block update until the gate opens, and counts the conflicts its
+/// updates get back.
+struct Pause {
     gate: Arc<Semaphore>,
     held: AtomicU64,
     conflicts: AtomicU64,
 }
 
-impl<D: Datastore> Datastore for Paused<D> {
-    async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
-        self.inner.get(name).await
-    }
-    async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
-        self.inner.list(scope).await
-    }
-    async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
-        self.inner.create(name, value).await
-    }
-    async fn update<R: Resource>(
-        &self,
-        name: &str,
-        value: R,
-        revision: &Revision,
-    ) -> Result<Revision, StoreError> {
-        if R::KIND == IpamBlock::KIND && self.held.fetch_add(1, Ordering::SeqCst) == 0 {
+impl Hooks for Pause {
+    async fn before_write(&self, op: Op, kind: Kind, _name: &str) -> Result<(), StoreError> {
+        let first = op == Op::Update
+            && kind == IpamBlock::KIND
+            && self.held.fetch_add(1, Ordering::SeqCst) == 0;
+        if first {
             let permit = self.gate.acquire().await.expect("gate open");
             permit.forget();
         }
-        let r = self.inner.update(name, value, revision).await;
-        if matches!(r, Err(StoreError::Conflict { .. })) {
+        Ok(())
+    }
+
+    fn after_write(&self, op: Op, _kind: Kind, error: Option<&StoreError>) {
+        if op == Op::Update && matches!(error, Some(StoreError::Conflict { .. })) {
             self.conflicts.fetch_add(1, Ordering::SeqCst);
         }
-        r
-    }
-    async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
-        self.inner.delete::<R>(name, revision).await
-    }
-    fn op_counts(&self) -> OpCounts {
-        self.inner.op_counts()
     }
 }
 
@@ -140,12 +126,14 @@ async fn two_clients_racing_on_one_block_both_win_distinct_addresses() {
     let a = Ipam::new(client(&server), ipam_core::SystemClock);
     let gate = Arc::new(Semaphore::new(0));
     let b = Arc::new(Ipam::new(
-        Paused {
-            inner: client(&server),
-            gate: gate.clone(),
-            held: AtomicU64::new(0),
-            conflicts: AtomicU64::new(0),
-        },
+        Hooked::new(
+            client(&server),
+            Pause {
+                gate: gate.clone(),
+                held: AtomicU64::new(0),
+                conflicts: AtomicU64::new(0),
+            },
+        ),
         ipam_core::SystemClock,
     ));
     a.create_pool("pool", IpPool::new("10.244.0.0/24".parse().unwrap()))
@@ -158,7 +146,7 @@ async fn two_clients_racing_on_one_block_both_win_distinct_addresses() {
     let b2 = b.clone();
     let racer = tokio::spawn(async move { b2.auto_assign(&args("n1", "pod-b")).await });
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while b.store().held.load(Ordering::SeqCst) == 0 {
+    while b.store().hooks.held.load(Ordering::SeqCst) == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "B never reached its block update"
@@ -173,7 +161,7 @@ async fn two_clients_racing_on_one_block_both_win_distinct_addresses() {
     let got_b = racer.await.unwrap().unwrap().ipv4[0];
 
     assert!(
-        b.store().conflicts.load(Ordering::SeqCst) >= 1,
+        b.store().hooks.conflicts.load(Ordering::SeqCst) >= 1,
         "B's stale block update was not refused with 409"
     );
     let mut all = vec![first.addr(), second.addr(), got_b.addr()];
