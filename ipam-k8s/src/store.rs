@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::time::Duration;
 
+use ipam_core::retry::{RetryError, retry_conflicts};
 use ipam_core::store::{Op, OpCounter};
 use ipam_core::{Datastore, OpCounts, Resource, Revision, Scope, StoreError, Stored};
 use kube::api::{
@@ -31,7 +32,7 @@ const PAGE_SIZE: u32 = 500;
 /// Pages one list reads at most (5 million objects): a bound, not an expected size.
 const MAX_PAGES: usize = 10_000;
 /// How often `create` re-tries replacing a soft-deleted object that keeps changing.
-const CREATE_ATTEMPTS: usize = 3;
+const CREATE_ATTEMPTS: u32 = 3;
 
 /// A [`Datastore`] backed by `crd.projectcalico.org/v1` custom resources.
 pub struct KubeStore {
@@ -139,6 +140,48 @@ impl KubeStore {
             },
             data: json!({ "spec": spec }),
         })
+    }
+
+    /// One attempt of a create: a plain create, or the replacement of a soft-deleted object
+    /// of that name. A lost race is returned as a conflict.
+    async fn create_or_replace<R: Resource>(
+        &self,
+        name: &str,
+        value: &R,
+    ) -> Result<Revision, StoreError> {
+        let api = self.api::<R>();
+        self.counter.count(Op::Create);
+        let obj = Self::object(name, value, None)?;
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(created) => return Ok(revision_of(&created, value)),
+            Err(e) => match map_err::<R>(name, e) {
+                StoreError::AlreadyExists { .. } => {}
+                e => return Err(e),
+            },
+        }
+        // A soft-deleted object of that name is replaced; a live one wins.
+        self.counter.count(Op::Get);
+        let existing = match api.get(name).await {
+            Ok(o) => decode::<R>(o)?,
+            Err(e) => return Err(map_err::<R>(name, e).into_conflict()),
+        };
+        if !existing.value.is_deleted() {
+            return Err(StoreError::already_exists::<R>(name));
+        }
+        let rev = Rev::parse(&existing.revision);
+        self.counter.count(Op::Update);
+        let obj = Self::object(
+            name,
+            value,
+            Some(&Rev {
+                deleted: false,
+                ..rev
+            }),
+        )?;
+        match api.replace(name, &PostParams::default(), &obj).await {
+            Ok(replaced) => Ok(revision_of(&replaced, value)),
+            Err(e) => Err(map_err::<R>(name, e).into_conflict()),
+        }
     }
 }
 
@@ -265,48 +308,15 @@ impl Datastore for KubeStore {
     }
 
     async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
-        let api = self.api::<R>();
-        for _ in 0..CREATE_ATTEMPTS {
-            self.counter.count(Op::Create);
-            let obj = Self::object(name, &value, None)?;
-            match api.create(&PostParams::default(), &obj).await {
-                Ok(created) => return Ok(revision_of(&created, &value)),
-                Err(e) => match map_err::<R>(name, e) {
-                    StoreError::AlreadyExists { .. } => {}
-                    e => return Err(e),
-                },
-            }
-            // A soft-deleted object of that name is replaced; a live one wins.
-            self.counter.count(Op::Get);
-            let existing = match api.get(name).await {
-                Ok(o) => decode::<R>(o)?,
-                Err(e) => match map_err::<R>(name, e) {
-                    StoreError::NotFound { .. } => continue,
-                    e => return Err(e),
-                },
-            };
-            if !existing.value.is_deleted() {
-                return Err(StoreError::already_exists::<R>(name));
-            }
-            let rev = Rev::parse(&existing.revision);
-            self.counter.count(Op::Update);
-            let obj = Self::object(
-                name,
-                &value,
-                Some(&Rev {
-                    deleted: false,
-                    ..rev
-                }),
-            )?;
-            match api.replace(name, &PostParams::default(), &obj).await {
-                Ok(replaced) => return Ok(revision_of(&replaced, &value)),
-                Err(e) => match map_err::<R>(name, e) {
-                    StoreError::Conflict { .. } | StoreError::NotFound { .. } => continue,
-                    e => return Err(e),
-                },
-            }
+        // The API has no "create or replace a soft-deleted object": a create that finds a
+        // soft-deleted object replaces it, and losing that race to another writer means
+        // looking again. Only those lost races are retried, in the one retry loop.
+        let attempt = |()| async { ((), self.create_or_replace(name, &value).await) };
+        match retry_conflicts(CREATE_ATTEMPTS, (), attempt).await {
+            Ok(rev) => Ok(rev),
+            Err(RetryError::Failed(e)) => Err(e),
+            Err(RetryError::Exhausted { .. }) => Err(StoreError::already_exists::<R>(name)),
         }
-        Err(StoreError::already_exists::<R>(name))
     }
 
     async fn update<R: Resource>(

@@ -165,31 +165,67 @@ async fn from_report<D: Datastore>(
     out: &mut dyn Write,
 ) -> Result<u8> {
     let report = read_report(path)?;
-    let mut done = FromReport::default();
-    let mut leaks = Vec::new();
-    let mut cooled: BTreeSet<BlockCidr> = BTreeSet::new();
-    let mut dead: Vec<(BlockCidr, NodeName)> = Vec::new();
-    for f in &report.findings {
-        match f {
-            Finding::LeakedAllocation {
-                ip,
-                handle,
-                sequence,
-                ..
-            } => leaks.push(ReleaseRequest {
-                ip: *ip,
-                sequence: *sequence,
-                handle: handle.clone(),
-            }),
-            Finding::CooldownExpired { block, .. } => {
-                cooled.insert(BlockCidr::new(*block)?);
-            }
-            Finding::DeadNodeBlock { block, node, .. } => {
-                dead.push((BlockCidr::new(*block)?, NodeName::new(node.as_str())?))
-            }
-            _ => done.not_repaired += 1,
-        }
+    let plan = Repairs::from_findings(&report.findings)?;
+    let mut done = FromReport {
+        not_repaired: plan.not_repaired,
+        ..FromReport::default()
+    };
+    release_leaks(ipam, &plan.leaks, &mut done).await?;
+    for block in plan.cooled {
+        done.cooldowns_folded
+            .extend(ipam.release_cooled_down(block).await?);
     }
+    for (block, node) in plan.dead {
+        ipam.release_affinity(block, &node, false).await?;
+        done.affinities_released.push(format!("{node} {block}"));
+    }
+    emit(out, format, &done, |w| print_repairs(w, &done))?;
+    Ok(EXIT_OK)
+}
+
+/// What a report asks to repair, by kind of finding.
+#[derive(Default)]
+struct Repairs {
+    leaks: Vec<ReleaseRequest>,
+    cooled: BTreeSet<BlockCidr>,
+    dead: Vec<(BlockCidr, NodeName)>,
+    not_repaired: usize,
+}
+
+impl Repairs {
+    fn from_findings(findings: &[Finding]) -> Result<Self> {
+        let mut plan = Repairs::default();
+        for f in findings {
+            match f {
+                Finding::LeakedAllocation {
+                    ip,
+                    handle,
+                    sequence,
+                    ..
+                } => plan.leaks.push(ReleaseRequest {
+                    ip: *ip,
+                    sequence: *sequence,
+                    handle: handle.clone(),
+                }),
+                Finding::CooldownExpired { block, .. } => {
+                    plan.cooled.insert(BlockCidr::new(*block)?);
+                }
+                Finding::DeadNodeBlock { block, node, .. } => plan
+                    .dead
+                    .push((BlockCidr::new(*block)?, NodeName::new(node.as_str())?)),
+                _ => plan.not_repaired += 1,
+            }
+        }
+        Ok(plan)
+    }
+}
+
+/// Releases each leak only while it still has the report's handle and sequence number.
+async fn release_leaks<D: Datastore>(
+    ipam: &Ipam<D>,
+    leaks: &[ReleaseRequest],
+    done: &mut FromReport,
+) -> Result<()> {
     let bar = progress(leaks.len() as u64, "releasing leaks");
     for batch in leaks.chunks(BATCH) {
         for (ip, outcome) in ipam.release_ips(batch).await? {
@@ -206,37 +242,30 @@ async fn from_report<D: Datastore>(
         bar.inc(batch.len() as u64);
     }
     bar.finish_and_clear();
-    for block in cooled {
-        done.cooldowns_folded
-            .extend(ipam.release_cooled_down(block).await?);
+    Ok(())
+}
+
+fn print_repairs(w: &mut dyn Write, done: &FromReport) -> std::io::Result<()> {
+    let rows = done.addresses.iter().map(|r| {
+        [
+            r.ip.to_string(),
+            or_dash(r.handle.as_deref()),
+            r.result.clone(),
+        ]
+    });
+    w.write_all(table(&["ADDRESS", "HANDLE", "RESULT"], rows).as_bytes())?;
+    for ip in &done.cooldowns_folded {
+        writeln!(w, "cooldown over, freed: {ip}")?;
     }
-    for (block, node) in dead {
-        ipam.release_affinity(block, &node, false).await?;
-        done.affinities_released.push(format!("{node} {block}"));
+    for a in &done.affinities_released {
+        writeln!(w, "affinity released (dead node): {a}")?;
     }
-    emit(out, format, &done, |w| {
-        let rows = done.addresses.iter().map(|r| {
-            [
-                r.ip.to_string(),
-                or_dash(r.handle.as_deref()),
-                r.result.clone(),
-            ]
-        });
-        w.write_all(table(&["ADDRESS", "HANDLE", "RESULT"], rows).as_bytes())?;
-        for ip in &done.cooldowns_folded {
-            writeln!(w, "cooldown over, freed: {ip}")?;
-        }
-        for a in &done.affinities_released {
-            writeln!(w, "affinity released (dead node): {a}")?;
-        }
-        if done.not_repaired > 0 {
-            writeln!(
-                w,
-                "{} findings are not leaks and were left alone; see `ipamctl check`.",
-                done.not_repaired
-            )?;
-        }
-        Ok(())
-    })?;
-    Ok(EXIT_OK)
+    if done.not_repaired > 0 {
+        writeln!(
+            w,
+            "{} findings are not leaks and were left alone; see `ipamctl check`.",
+            done.not_repaired
+        )?;
+    }
+    Ok(())
 }

@@ -146,54 +146,62 @@ fn show_usage(
         })
         .collect();
     emit(out, format, &views, |w| {
-        let header = [
-            "POOL",
-            "CIDR",
-            "CAPACITY",
-            "IN USE",
-            "RESERVED",
-            "AVAILABLE",
-        ];
-        let rows = usage.iter().map(|p| {
-            let u = &p.usage;
-            [
-                p.name.clone(),
-                p.cidr.to_string(),
-                u.capacity.to_string(),
-                format!("{} ({})", u.in_use, percent(u.in_use, u.capacity)),
-                u.reserved.to_string(),
-                format!("{} ({})", u.available, percent(u.available, u.capacity)),
-            ]
-        });
-        w.write_all(table(&header, rows).as_bytes())?;
-        if !show_blocks {
-            return Ok(());
+        print_pools(w, usage)?;
+        if show_blocks {
+            writeln!(w)?;
+            print_blocks(w, usage)?;
         }
-        let header = [
-            "BLOCK",
-            "POOL",
-            "AFFINITY",
-            "CAPACITY",
-            "IN USE",
-            "RESERVED",
-            "AVAILABLE",
-        ];
-        let rows = usage.iter().flat_map(|p| {
-            p.blocks.iter().map(|b| {
-                [
-                    b.cidr.to_string(),
-                    p.name.clone(),
-                    or_dash(b.affinity.as_deref()),
-                    b.usage.capacity.to_string(),
-                    b.usage.in_use.to_string(),
-                    b.usage.reserved.to_string(),
-                    b.usage.available.to_string(),
-                ]
-            })
-        });
-        writeln!(w)?;
-        w.write_all(table(&header, rows).as_bytes())
+        Ok(())
     })
+}
+
+fn print_pools(w: &mut dyn Write, usage: &[PoolUsage]) -> std::io::Result<()> {
+    let header = [
+        "POOL",
+        "CIDR",
+        "CAPACITY",
+        "IN USE",
+        "RESERVED",
+        "AVAILABLE",
+    ];
+    let rows = usage.iter().map(|p| {
+        let u = &p.usage;
+        [
+            p.name.clone(),
+            p.cidr.to_string(),
+            u.capacity.to_string(),
+            format!("{} ({})", u.in_use, percent(u.in_use, u.capacity)),
+            u.reserved.to_string(),
+            format!("{} ({})", u.available, percent(u.available, u.capacity)),
+        ]
+    });
+    w.write_all(table(&header, rows).as_bytes())
+}
+
+fn print_blocks(w: &mut dyn Write, usage: &[PoolUsage]) -> std::io::Result<()> {
+    let header = [
+        "BLOCK",
+        "POOL",
+        "AFFINITY",
+        "CAPACITY",
+        "IN USE",
+        "RESERVED",
+        "AVAILABLE",
+    ];
+    let rows = usage.iter().flat_map(|p| {
+        p.blocks.iter().map(|b| {
+            [
+                b.cidr.to_string(),
+                p.name.clone(),
+                or_dash(b.affinity.as_deref()),
+                b.usage.capacity.to_string(),
+                b.usage.in_use.to_string(),
+                b.usage.reserved.to_string(),
+                b.usage.available.to_string(),
+            ]
+        })
+    });
+    w.write_all(table(&header, rows).as_bytes())
 }
 
 async fn show_ip<D: Datastore>(
