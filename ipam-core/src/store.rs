@@ -316,6 +316,13 @@ pub trait Datastore: Send + Sync {
         }
     }
 
+    /// Whether [`Datastore::commit`] takes a release batch: block updates and deletes
+    /// followed by the handle's delete. Stores that commit only the assignment shape (a
+    /// handle write and one block update) say `false`, and a release writes object by object.
+    fn commits_releases(&self) -> bool {
+        self.supports_commit()
+    }
+
     /// The config, the handle and the blocks it names: everything a release by handle reads.
     /// Backends that can read several keys in one transaction override this.
     fn handle_snapshot(

@@ -96,6 +96,10 @@ impl<D: Datastore> Datastore for ConflictInjector<D> {
         self.inner.supports_commit()
     }
 
+    fn commits_releases(&self) -> bool {
+        self.inner.commits_releases()
+    }
+
     /// A batch is a CAS write too: it fails whole, as a racing writer would make it.
     async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
         self.roll::<IpamBlock>("batch")?;

@@ -10,7 +10,8 @@ use std::sync::{Mutex, MutexGuard};
 use ipam_core::store::{Op, OpCounter, block_names};
 use ipam_core::{
     BatchWrite, BlockAffinity, Datastore, HandleSnapshot, IpPool, IpReservation, IpamBlock,
-    IpamConfig, IpamHandle, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
+    IpamConfig, IpamHandle, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    Write,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -98,7 +99,13 @@ impl SqliteStore {
         let config = get_in::<IpamConfig>(&tx, IpamConfig::NAME)?;
         let handle = get_in::<IpamHandle>(&tx, handle)?;
         let mut blocks = Vec::new();
-        for name in handle.as_ref().map(block_names).transpose()?.iter().flatten() {
+        for name in handle
+            .as_ref()
+            .map(block_names)
+            .transpose()?
+            .iter()
+            .flatten()
+        {
             blocks.extend(get_in::<IpamBlock>(&tx, name)?);
         }
         tx.commit().map_err(sql)?;

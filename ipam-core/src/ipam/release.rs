@@ -94,7 +94,7 @@ impl<D: Datastore> Ipam<D> {
 
     /// Releases every address of `handle` and deletes the handle.
     pub async fn release_by_handle(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
-        if self.store.supports_commit() {
+        if self.store.commits_releases() {
             return self.release_by_handle_committed(handle).await;
         }
         let cooldown = self.get_config().await?.ip_cooldown_seconds;
