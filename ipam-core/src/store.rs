@@ -335,7 +335,7 @@ pub trait Datastore: Send + Sync {
             let mut blocks = Vec::new();
             let names = handle.as_ref().map(block_names).transpose()?;
             for name in names.iter().flatten() {
-                blocks.extend(present(self.get::<IpamBlock>(&name).await)?);
+                blocks.extend(present(self.get::<IpamBlock>(name).await)?);
             }
             Ok(HandleSnapshot {
                 config,
