@@ -155,7 +155,11 @@ impl<D: Datastore> Ipam<D> {
                 Ok(Vec::new())
             };
         };
-        let cooldown = snap.config.map_or(0, |c| c.value.ip_cooldown_seconds);
+        let cooldown = snap
+            .config
+            .map(|c| c.value)
+            .unwrap_or_default()
+            .ip_cooldown_seconds;
         let now = self.now();
         let stamp = rfc3339(now);
         let how = if cooldown > 0 {
