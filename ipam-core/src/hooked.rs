@@ -6,8 +6,8 @@ use std::future::Future;
 
 use crate::model::IpamBlock;
 use crate::store::{
-    BatchWrite, Datastore, Kind, NodeSnapshot, Op, OpCounts, Resource, Revision, Scope, StoreError,
-    Stored,
+    BatchWrite, Datastore, HandleSnapshot, Kind, NodeSnapshot, Op, OpCounts, Resource, Revision,
+    Scope, StoreError, Stored,
 };
 
 /// What a test wants to do around the writes of a [`Hooked`] store. Reads pass untouched.
@@ -96,6 +96,14 @@ impl<D: Datastore, H: Hooks> Datastore for Hooked<D, H> {
 
     fn supports_commit(&self) -> bool {
         self.inner.supports_commit()
+    }
+
+    fn commits_releases(&self) -> bool {
+        self.inner.commits_releases()
+    }
+
+    async fn handle_snapshot(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
+        self.inner.handle_snapshot(handle).await
     }
 
     async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {

@@ -164,6 +164,17 @@ pub struct NodeSnapshot {
     pub blocks: Vec<Stored<IpamBlock>>,
 }
 
+/// What a release by handle reads, ideally in one round trip.
+#[derive(Clone, Debug, Default)]
+pub struct HandleSnapshot {
+    /// The IPAM config, if one is stored (its cooldown decides how addresses are freed).
+    pub config: Option<Stored<IpamConfig>>,
+    /// The handle, if it exists.
+    pub handle: Option<Stored<IpamHandle>>,
+    /// The blocks the handle names that exist, in the handle's order.
+    pub blocks: Vec<Stored<IpamBlock>>,
+}
+
 /// One write of a [`Datastore::commit`] batch.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write<R> {
@@ -305,6 +316,35 @@ pub trait Datastore: Send + Sync {
         }
     }
 
+    /// Whether [`Datastore::commit`] takes a release batch: block updates and deletes
+    /// followed by the handle's delete. Stores that commit only the assignment shape (a
+    /// handle write and one block update) say `false`, and a release writes object by object.
+    fn commits_releases(&self) -> bool {
+        self.supports_commit()
+    }
+
+    /// The config, the handle and the blocks it names: everything a release by handle reads.
+    /// Backends that can read several keys in one transaction override this.
+    fn handle_snapshot(
+        &self,
+        handle: &str,
+    ) -> impl Future<Output = Result<HandleSnapshot, StoreError>> + Send {
+        async move {
+            let config = present(self.get::<IpamConfig>(IpamConfig::NAME).await)?;
+            let handle = present(self.get::<IpamHandle>(handle).await)?;
+            let mut blocks = Vec::new();
+            let names = handle.as_ref().map(block_names).transpose()?;
+            for name in names.iter().flatten() {
+                blocks.extend(present(self.get::<IpamBlock>(name).await)?);
+            }
+            Ok(HandleSnapshot {
+                config,
+                handle,
+                blocks,
+            })
+        }
+    }
+
     /// Everything the allocator reads for `node` before assigning. Backends that can read
     /// several ranges at once (a SQLite read transaction, an etcd transaction) override this.
     fn node_snapshot(
@@ -327,6 +367,33 @@ pub trait Datastore: Send + Sync {
                 blocks,
             })
         }
+    }
+}
+
+/// The object names of the blocks a handle counts addresses in.
+pub fn block_names(handle: &Stored<IpamHandle>) -> Result<Vec<String>, StoreError> {
+    let bad = |cidr: &str| StoreError::Invalid {
+        kind: Kind::IpamHandle,
+        name: handle.name.clone(),
+        reason: format!("{cidr:?} is not a block CIDR"),
+    };
+    handle
+        .value
+        .block
+        .keys()
+        .map(|cidr| {
+            let net = cidr.parse().map_err(|_| bad(cidr))?;
+            Ok(crate::BlockCidr::new(net).map_err(|_| bad(cidr))?.name())
+        })
+        .collect()
+}
+
+/// A read's result with not-found as `None`.
+pub fn present<R>(got: Result<Stored<R>, StoreError>) -> Result<Option<Stored<R>>, StoreError> {
+    match got {
+        Ok(s) => Ok(Some(s)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

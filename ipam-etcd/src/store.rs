@@ -335,6 +335,12 @@ impl Datastore for EtcdStore {
         true
     }
 
+    /// Not yet: a block deleted by a release also loses its placement key, which the batch
+    /// below does not plan.
+    fn commits_releases(&self) -> bool {
+        false
+    }
+
     /// Supports the batch the allocator writes: a handle (create or update) and the block it
     /// counts, in one transaction. Other shapes are refused as `Invalid`.
     async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {

@@ -46,7 +46,7 @@ pub mod store;
 use std::path::PathBuf;
 
 pub use path::{PATH_ENV, default_path};
-pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION};
+pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION, WAL_CHECKPOINT_PAGES};
 pub use store::SqliteStore;
 
 /// What opening a database can fail with. Operations on an open store fail with

@@ -7,10 +7,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use ipam_core::store::{Op, OpCounter};
+use ipam_core::store::{Op, OpCounter, block_names};
 use ipam_core::{
-    BatchWrite, BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig,
-    NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
+    BatchWrite, BlockAffinity, Datastore, HandleSnapshot, IpPool, IpReservation, IpamBlock,
+    IpamConfig, IpamHandle, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    Write,
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
@@ -88,6 +89,31 @@ impl SqliteStore {
         };
         tx.commit().map_err(sql)?;
         Ok(snapshot)
+    }
+
+    fn handle_snapshot_now(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
+        // One read transaction: the config, the handle and its blocks from one commit.
+        self.counter.count(Op::Get);
+        let mut conn = self.lock();
+        let tx = conn.transaction().map_err(sql)?;
+        let config = get_in::<IpamConfig>(&tx, IpamConfig::NAME)?;
+        let handle = get_in::<IpamHandle>(&tx, handle)?;
+        let mut blocks = Vec::new();
+        for name in handle
+            .as_ref()
+            .map(block_names)
+            .transpose()?
+            .iter()
+            .flatten()
+        {
+            blocks.extend(get_in::<IpamBlock>(&tx, name)?);
+        }
+        tx.commit().map_err(sql)?;
+        Ok(HandleSnapshot {
+            config,
+            handle,
+            blocks,
+        })
     }
 
     fn put_now<R: Resource>(
@@ -388,6 +414,10 @@ impl Datastore for SqliteStore {
 
     async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
         self.snapshot_now(node)
+    }
+
+    async fn handle_snapshot(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
+        self.handle_snapshot_now(handle)
     }
 
     fn supports_commit(&self) -> bool {

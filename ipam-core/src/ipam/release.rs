@@ -12,7 +12,7 @@ use crate::clock::rfc3339;
 use crate::error::{Error, Result};
 use crate::model::{IpPool, IpamBlock};
 use crate::names::HandleId;
-use crate::store::{Datastore, Scope, StoreError, Stored};
+use crate::store::{BatchWrite, Datastore, Scope, StoreError, Stored, Write};
 
 use super::Ipam;
 
@@ -94,6 +94,9 @@ impl<D: Datastore> Ipam<D> {
 
     /// Releases every address of `handle` and deletes the handle.
     pub async fn release_by_handle(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
+        if self.store.commits_releases() {
+            return self.release_by_handle_committed(handle).await;
+        }
         let cooldown = self.get_config().await?.ip_cooldown_seconds;
         let mut released = Vec::new();
         let state = (true, &mut released);
@@ -126,6 +129,79 @@ impl<D: Datastore> Ipam<D> {
         )
         .await?;
         Ok(released)
+    }
+
+    /// [`Ipam::release_by_handle`] on a store with transactions: one read (the handle
+    /// snapshot) and one commit (every block the handle names and the handle's delete), so
+    /// a lost race leaves nothing half done and the retry starts from scratch.
+    async fn release_by_handle_committed(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
+        self.retry_with("releasing a handle", true, |first| async move {
+            let result = self.release_handle_batch(handle, first).await;
+            (false, result)
+        })
+        .await
+    }
+
+    /// One attempt of [`Ipam::release_by_handle_committed`]. A handle gone on a later attempt
+    /// was released by someone else in between: nothing is left to do.
+    async fn release_handle_batch(&self, handle: &HandleId, first: bool) -> Result<Vec<IpNet>> {
+        let snap = self.store.handle_snapshot(handle.as_str()).await?;
+        let Some(h) = snap.handle else {
+            return if first {
+                Err(Error::HandleNotFound {
+                    handle: handle.to_string(),
+                })
+            } else {
+                Ok(Vec::new())
+            };
+        };
+        let cooldown = snap
+            .config
+            .map(|c| c.value)
+            .unwrap_or_default()
+            .ip_cooldown_seconds;
+        let now = self.now();
+        let stamp = rfc3339(now);
+        let how = if cooldown > 0 {
+            Cooldown::Until(&stamp)
+        } else {
+            Cooldown::None
+        };
+        let mut released = Vec::new();
+        let mut batch = Vec::with_capacity(snap.blocks.len() + 1);
+        for mut b in snap.blocks {
+            let bc = b.value.block_cidr()?;
+            b.value.fold_cooldown(now, cooldown);
+            let ordinals = b.value.release_handle(handle.as_str(), how);
+            if ordinals.is_empty() {
+                continue;
+            }
+            released.extend(ordinals.into_iter().map(|o| bc.addr_net(o)));
+            // Inside one transaction a CAS delete is atomic: no soft-delete step is needed.
+            batch.push(BatchWrite::Block(
+                if b.value.is_empty() && b.value.affinity.is_none() {
+                    Write::Delete {
+                        name: b.name,
+                        revision: b.revision,
+                    }
+                } else {
+                    Write::Update {
+                        name: b.name,
+                        value: b.value,
+                        revision: b.revision,
+                    }
+                },
+            ));
+        }
+        batch.push(BatchWrite::Handle(Write::Delete {
+            name: h.name,
+            revision: h.revision,
+        }));
+        match self.store.commit(batch).await {
+            Ok(_) => Ok(released),
+            Err(e) if e.is_lost_race() => Err(e.into_conflict().into()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The addresses `handle` holds (cooling-down ones excluded).
