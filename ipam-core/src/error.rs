@@ -192,6 +192,18 @@ pub enum Error {
         /// The rule broken.
         reason: &'static str,
     },
+    /// An object read from the datastore breaks the model's rules (an index past its array,
+    /// a free ordinal listed twice, a selector that does not parse): it is neither used for
+    /// assignment nor written back.
+    #[error("stored {kind} {name:?} is corrupt: {problem}")]
+    CorruptObject {
+        /// The resource kind (`IPAMBlock`, `IPPool`).
+        kind: &'static str,
+        /// The object's name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// Too many compare-and-swap conflicts in a row.
     #[error("gave up {operation} after {attempts} conflicting writes")]
     RetriesExhausted {

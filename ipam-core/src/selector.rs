@@ -192,12 +192,12 @@ impl Parser<'_> {
 
     fn eat_word(&mut self, word: &str) -> bool {
         self.skip_ws();
-        let rest = &self.text[self.pos..];
-        let boundary = rest[word.len().min(rest.len())..]
-            .chars()
-            .next()
-            .is_none_or(|c| !c.is_ascii_alphanumeric());
-        if rest.starts_with(word) && boundary {
+        // `strip_prefix`, not slicing by `word.len()`: the text may hold a multi-byte
+        // character where the word would end.
+        let boundary = self.text[self.pos..]
+            .strip_prefix(word)
+            .map(|after| after.chars().next().is_none_or(|c| !c.is_ascii_alphanumeric()));
+        if boundary == Some(true) {
             self.pos += word.len();
             true
         } else {
