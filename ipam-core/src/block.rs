@@ -321,7 +321,10 @@ impl IpamBlock {
         }
         for (i, r) in referenced.iter().enumerate() {
             if !r {
-                problems.push((false, format!("attribute {i} is not used by any allocation")));
+                problems.push((
+                    false,
+                    format!("attribute {i} is not used by any allocation"),
+                ));
             }
         }
         problems

@@ -46,6 +46,15 @@ pub enum Error {
         /// The existing pool's CIDR.
         other_cidr: IpNet,
     },
+    /// A new pool covers a range no workload should get an address from (loopback,
+    /// multicast, ...) and the caller did not allow special ranges.
+    #[error("pool {cidr} {reason}; allow special ranges to create it anyway")]
+    SpecialRange {
+        /// The new pool's CIDR.
+        cidr: IpNet,
+        /// Which special range it covers.
+        reason: &'static str,
+    },
     /// A pool with that name already exists.
     #[error("pool {name:?} already exists")]
     PoolExists {

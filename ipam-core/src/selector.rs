@@ -194,9 +194,12 @@ impl Parser<'_> {
         self.skip_ws();
         // `strip_prefix`, not slicing by `word.len()`: the text may hold a multi-byte
         // character where the word would end.
-        let boundary = self.text[self.pos..]
-            .strip_prefix(word)
-            .map(|after| after.chars().next().is_none_or(|c| !c.is_ascii_alphanumeric()));
+        let boundary = self.text[self.pos..].strip_prefix(word).map(|after| {
+            after
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_ascii_alphanumeric())
+        });
         if boundary == Some(true) {
             self.pos += word.len();
             true
