@@ -540,4 +540,42 @@ mod tests {
         assert!(p.contains("ordinal 3 is free twice"), "{p}");
         assert!(p.contains("attribute 1 is not used"), "{p}");
     }
+
+    #[test]
+    fn corrupt_blocks_are_refused_and_their_operations_do_not_panic() {
+        let cases: [(&str, fn(&mut IpamBlock)); 4] = [
+            ("points at missing attribute", |b| {
+                b.allocations[0] = Some(9)
+            }),
+            ("outside the block", |b| b.unallocated.push_front(99)),
+            ("free twice", |b| {
+                let head = b.unallocated[0];
+                b.unallocated.push_front(head)
+            }),
+            ("allocation slots", |b| b.allocations.truncate(3)),
+        ];
+        for (problem, corrupt) in cases {
+            let mut b = block();
+            b.assign(1, &attr("a"), |_| false);
+            corrupt(&mut b);
+            let err = b.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("10-0-0-0-29") && err.contains(problem),
+                "{err}"
+            );
+            // Whatever a caller does with it anyway must not panic.
+            b.assign(8, &attr("b"), |_| false);
+            b.assign_ordinal(99, &attr("c"));
+            for o in [0, 1, 7, 8, 99] {
+                b.release(o, None, None, Cooldown::Until("2026-01-01T00:00:00Z"));
+                b.release(o, None, None, Cooldown::None);
+            }
+            b.release_handle("b", Cooldown::None);
+            b.fold_cooldown(OffsetDateTime::now_utc(), 0);
+        }
+        let mut tidy = block();
+        tidy.assign(1, &attr("a"), |_| false);
+        tidy.attributes.push(Arc::new(attr("orphan")));
+        assert!(tidy.validate().is_ok(), "an unused attribute is harmless");
+    }
 }

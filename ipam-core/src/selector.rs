@@ -275,4 +275,20 @@ mod tests {
             assert!(err.contains("at byte"), "{text}: {err}");
         }
     }
+
+    #[test]
+    fn multibyte_text_is_refused_not_a_panic() {
+        for text in [
+            "zone ééé",
+            "zone é€",
+            "k é€",
+            "é",
+            "zone == 'é",
+            "has(é)",
+            "k in {'é',",
+        ] {
+            assert!(Selector::parse(text).is_err(), "{text}");
+        }
+        assert!(Selector::parse("zone == 'é€'").is_ok());
+    }
 }

@@ -311,3 +311,60 @@ pub fn validate_pool(name: &str, pool: &IpPool) -> Result<()> {
     Selector::parse(&pool.node_selector)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod special_range_tests {
+    use super::*;
+
+    #[test]
+    fn special_ranges_are_named_and_ordinary_ones_pass() {
+        for (cidr, why) in [
+            ("0.0.0.0/0", "/0"),
+            ("::/0", "/0"),
+            ("127.0.0.0/24", "loopback"),
+            ("126.0.0.0/7", "loopback"),
+            ("224.0.0.0/24", "multicast"),
+            ("169.254.0.0/24", "link-local"),
+            ("0.0.0.0/24", "unspecified"),
+            ("255.255.255.0/24", "broadcast"),
+            ("::/120", "unspecified"),
+            ("fe80::/64", "link-local"),
+            ("ff02::/120", "multicast"),
+        ] {
+            let net: IpNet = cidr.parse().unwrap();
+            let reason = special_range(&net).unwrap_or_else(|| panic!("{cidr} passed"));
+            assert!(reason.contains(why), "{cidr}: {reason}");
+        }
+        for cidr in ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "2001:db8::/32"] {
+            assert_eq!(special_range(&cidr.parse().unwrap()), None, "{cidr}");
+        }
+        for (range, _) in SPECIAL_RANGES {
+            assert!(range.parse::<IpNet>().is_ok(), "{range}");
+        }
+    }
+
+    #[test]
+    fn create_pool_refuses_special_ranges_unless_allowed() {
+        pollster::block_on(async {
+            let ipam = Ipam::new(crate::MemoryStore::new(), crate::SystemClock);
+            let pool = IpPool::new("127.0.0.0/24".parse().unwrap());
+            let err = ipam.create_pool("lo", pool.clone()).await.unwrap_err();
+            assert!(matches!(err, Error::SpecialRange { .. }), "{err}");
+            assert!(
+                ipam.store()
+                    .list::<IpPool>(Scope::All)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let opts = PoolCreate {
+                allow_special_ranges: true,
+            };
+            ipam.create_pool_with("lo", pool, opts).await.unwrap();
+            assert_eq!(
+                ipam.store().list::<IpPool>(Scope::All).await.unwrap().len(),
+                1
+            );
+        });
+    }
+}
