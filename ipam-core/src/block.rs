@@ -543,7 +543,8 @@ mod tests {
 
     #[test]
     fn corrupt_blocks_are_refused_and_their_operations_do_not_panic() {
-        let cases: [(&str, fn(&mut IpamBlock)); 4] = [
+        type Corruption = fn(&mut IpamBlock);
+        let cases: [(&str, Corruption); 4] = [
             ("points at missing attribute", |b| {
                 b.allocations[0] = Some(9)
             }),
