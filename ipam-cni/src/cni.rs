@@ -99,6 +99,7 @@ impl IpamPlugin {
 
     /// Parses the request, opens the datastore and runs the verb.
     fn execute(&self, args: &Args, verb: impl FnOnce(&Args) -> Result<Verb>) -> Result<Vec<IpNet>> {
+        check_config_size(args.config())?;
         let config = PluginConfig::from_netconf(args.config(), &self.own_name)?;
         let log = Logger::new(config.log_level, config.log_file.as_deref());
         let verb = verb(args)?;
@@ -196,21 +197,49 @@ impl Cni for IpamPlugin {
     }
 
     fn gc(&self, args: Args) -> Result<(), WireError> {
-        self.wire(&args, |a| {
-            let valid = a
-                .config()
-                .valid_attachments
-                .iter()
-                .flatten()
-                .map(|v| ValidAttachment {
-                    container_id: v.container_id.clone(),
-                    ifname: v.ifname.clone(),
-                })
-                .collect();
-            Ok(Verb::Gc(valid))
-        })
-        .map(drop)
+        self.wire(&args, |a| valid_attachments(a.config()).map(Verb::Gc))
+            .map(drop)
     }
+}
+
+/// The attachments a GC request says are still in use. A request that names none is
+/// refused: releasing every allocation because a key is missing would hand live addresses
+/// out again. `cni.dev/attachments` (an early 1.1 draft's name) is read too, where an explicit
+/// `null` means none is valid; `rscni-plugin` decodes `cni.dev/valid-attachments` into an
+/// `Option` that cannot tell `null` from absent, so a `null` there is refused as absent
+/// (the safe side: nothing is released).
+fn valid_attachments(conf: &rscni_plugin::types::NetConf) -> Result<Vec<ValidAttachment>> {
+    let listed: Vec<(String, String)> = match (
+        &conf.valid_attachments,
+        conf.custom.get("cni.dev/attachments"),
+    ) {
+        (Some(list), _) => list
+            .iter()
+            .map(|v| (v.container_id.clone(), v.ifname.clone()))
+            .collect(),
+        (None, Some(raw)) => serde_json::from_value::<Option<Vec<gc::WireAttachment>>>(raw.clone())
+            .map_err(|e| CniError::Decode {
+                what: "cni.dev/attachments",
+                source: e,
+            })?
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| (v.container_id, v.ifname))
+            .collect(),
+        (None, None) => {
+            return Err(CniError::config(
+                "GC needs \"cni.dev/valid-attachments\" (a list, [] when none is valid); \
+                 nothing was released",
+            ));
+        }
+    };
+    Ok(listed
+        .into_iter()
+        .map(|(container_id, ifname)| ValidAttachment {
+            container_id,
+            ifname,
+        })
+        .collect())
 }
 
 impl From<CniError> for WireError {
@@ -225,15 +254,101 @@ fn attachment(args: &Args) -> Result<Attachment> {
     let missing = |var: &str| CniError::Env {
         reason: format!("{var} is not set"),
     };
+    let container_id = args
+        .container_id()
+        .ok_or_else(|| missing("CNI_CONTAINERID"))?
+        .to_string();
+    let ifname = args
+        .ifname()
+        .ok_or_else(|| missing("CNI_IFNAME"))?
+        .to_string();
+    check_container_id(&container_id)?;
+    check_ifname(&ifname)?;
     Ok(Attachment {
-        container_id: args
-            .container_id()
-            .ok_or_else(|| missing("CNI_CONTAINERID"))?
-            .to_string(),
-        ifname: args
-            .ifname()
-            .ok_or_else(|| missing("CNI_IFNAME"))?
-            .to_string(),
+        container_id,
+        ifname,
         pod: node::PodRef::from_cni_args(args.args())?,
     })
+}
+
+/// The largest network config accepted, in bytes of its JSON.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
+
+/// Refuses a config over [`MAX_CONFIG_BYTES`] (code 7). `rscni-plugin` has read stdin by
+/// now, so the bound is on the decoded config re-encoded (compact, hence never larger than
+/// what was sent): it keeps oversized configs out of the store and the logs.
+fn check_config_size(conf: &rscni_plugin::types::NetConf) -> Result<()> {
+    let size = serde_json::to_vec(conf).map_or(usize::MAX, |v| v.len());
+    if size > MAX_CONFIG_BYTES {
+        return Err(CniError::config(format!(
+            "the network config is {size} bytes; at most {MAX_CONFIG_BYTES} are accepted"
+        )));
+    }
+    Ok(())
+}
+
+/// The spec's container ID: alphanumeric plus `_`, `.`, `-`, starting alphanumeric (code 4).
+/// The length bound keeps the handle ID (`<network>.<container id>`) a valid object name.
+fn check_container_id(id: &str) -> Result<()> {
+    let mut chars = id.chars();
+    let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && id.len() <= 200;
+    if ok {
+        Ok(())
+    } else {
+        Err(CniError::Env {
+            reason: format!(
+                "CNI_CONTAINERID {id:?} must start with a letter or digit, hold only letters, \
+                 digits, '_', '.', '-', and be at most 200 bytes"
+            ),
+        })
+    }
+}
+
+/// The spec's interface name: 1 to 15 bytes, not `.` or `..`, no `/`, `:` or whitespace
+/// (code 4).
+fn check_ifname(ifname: &str) -> Result<()> {
+    let ok = !ifname.is_empty()
+        && ifname.len() <= 15
+        && ifname != "."
+        && ifname != ".."
+        && !ifname
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if ok {
+        Ok(())
+    } else {
+        Err(CniError::Env {
+            reason: format!(
+                "CNI_IFNAME {ifname:?} must be 1 to 15 bytes, not '.' or '..', \
+                 without '/', ':' or whitespace"
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn container_ids_follow_the_spec() {
+        for good in ["a", "0abc", "a_b.c-d", &"x".repeat(200)] {
+            assert!(check_container_id(good).is_ok(), "{good}");
+        }
+        for bad in ["", "-a", ".a", "a/b", "a b", "a\u{e9}", &"x".repeat(201)] {
+            assert!(check_container_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn ifnames_follow_the_spec() {
+        for good in ["eth0", "a", "net1.100", &"x".repeat(15)] {
+            assert!(check_ifname(good).is_ok(), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a:b", "a b", "a\tb", &"x".repeat(16)] {
+            assert!(check_ifname(bad).is_err(), "{bad}");
+        }
+    }
 }

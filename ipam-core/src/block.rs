@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::cidr::BlockCidr;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{AllocationAttribute, IpamBlock};
 
 /// What happened to one address asked to be released.
@@ -156,7 +156,7 @@ impl IpamBlock {
         if !taken.is_empty() {
             let index = self.attribute_index(attr);
             for &o in &taken {
-                self.allocations[o as usize] = Some(index);
+                self.point(o, Some(index));
                 self.sequence_number_for_allocation
                     .insert(o, self.sequence_number);
             }
@@ -170,9 +170,12 @@ impl IpamBlock {
         let Some(pos) = self.unallocated.iter().position(|&o| o == ordinal) else {
             return false;
         };
+        if ordinal as usize >= self.allocations.len() {
+            return false;
+        }
         self.unallocated.remove(pos);
         let index = self.attribute_index(attr);
-        self.allocations[ordinal as usize] = Some(index);
+        self.point(ordinal, Some(index));
         self.sequence_number_for_allocation
             .insert(ordinal, self.sequence_number);
         self.sequence_number += 1;
@@ -246,48 +249,82 @@ impl IpamBlock {
 
     /// Checks the block's internal consistency; each problem is one sentence.
     pub fn problems(&self) -> Vec<String> {
+        self.problems_by_severity()
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// Refuses a block read from a store that assignment or release could not use safely:
+    /// a slot count that does not match the CIDR, a free ordinal outside the block or listed
+    /// twice or also allocated (it would be handed out twice), an allocation pointing past
+    /// `attributes`. Harmless untidiness (an unused attribute, a lost free ordinal) passes:
+    /// the next write tidies the first, and `ipamctl check` reports both.
+    pub fn validate(&self) -> Result<()> {
+        match self
+            .problems_by_severity()
+            .into_iter()
+            .find(|(fatal, _)| *fatal)
+        {
+            Some((_, problem)) => Err(Error::CorruptObject {
+                kind: "IPAMBlock",
+                name: crate::cidr::cidr_to_name(&self.cidr),
+                problem,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem, each with whether it makes the block unsafe to use (`true`).
+    fn problems_by_severity(&self) -> Vec<(bool, String)> {
         let mut problems = Vec::new();
         let size = match self.block_cidr() {
             Ok(c) => c.size() as usize,
-            Err(e) => return vec![e.to_string()],
+            Err(e) => return vec![(true, e.to_string())],
         };
         if self.allocations.len() != size {
-            problems.push(format!(
-                "has {} allocation slots for {} addresses",
-                self.allocations.len(),
-                size
+            problems.push((
+                true,
+                format!(
+                    "has {} allocation slots for {} addresses",
+                    self.allocations.len(),
+                    size
+                ),
             ));
         }
         let mut seen = HashSet::new();
         for &o in &self.unallocated {
             if o as usize >= size {
-                problems.push(format!("free ordinal {o} is outside the block"));
+                problems.push((true, format!("free ordinal {o} is outside the block")));
             } else if !seen.insert(o) {
-                problems.push(format!("ordinal {o} is free twice"));
+                problems.push((true, format!("ordinal {o} is free twice")));
             } else if self
                 .allocations
                 .get(o as usize)
                 .is_some_and(Option::is_some)
             {
-                problems.push(format!("ordinal {o} is both free and allocated"));
+                problems.push((true, format!("ordinal {o} is both free and allocated")));
             }
         }
         let mut referenced = vec![false; self.attributes.len()];
         for (o, a) in self.allocations.iter().enumerate() {
-            match a {
+            match a.map(|i| referenced.get_mut(i as usize).ok_or(i)) {
                 None if !seen.contains(&(o as u32)) => {
-                    problems.push(format!("ordinal {o} is neither free nor allocated"))
+                    problems.push((false, format!("ordinal {o} is neither free nor allocated")))
                 }
-                Some(i) if *i as usize >= self.attributes.len() => {
-                    problems.push(format!("ordinal {o} points at missing attribute {i}"))
+                Some(Err(i)) => {
+                    problems.push((true, format!("ordinal {o} points at missing attribute {i}")))
                 }
-                Some(i) => referenced[*i as usize] = true,
+                Some(Ok(r)) => *r = true,
                 None => {}
             }
         }
         for (i, r) in referenced.iter().enumerate() {
             if !r {
-                problems.push(format!("attribute {i} is not used by any allocation"));
+                problems.push((
+                    false,
+                    format!("attribute {i} is not used by any allocation"),
+                ));
             }
         }
         problems
@@ -328,16 +365,25 @@ impl IpamBlock {
                     ..attr.clone()
                 };
                 let index = self.attribute_index(&resting);
-                self.allocations[ordinal as usize] = Some(index);
+                self.point(ordinal, Some(index));
                 ReleaseOutcome::CoolingDown
             }
         }
     }
 
     fn free(&mut self, ordinal: u32) {
-        self.allocations[ordinal as usize] = None;
+        self.point(ordinal, None);
         self.sequence_number_for_allocation.remove(&ordinal);
         self.unallocated.push_back(ordinal);
+    }
+
+    /// Points `ordinal`'s slot at an attribute (or frees it). Stored data is never indexed
+    /// directly: an ordinal outside the slots is ignored here, and [`IpamBlock::validate`]
+    /// keeps such blocks away from assignment in the first place.
+    fn point(&mut self, ordinal: u32, index: Option<u32>) {
+        if let Some(slot) = self.allocations.get_mut(ordinal as usize) {
+            *slot = index;
+        }
     }
 
     /// The index of an attribute equal to `attr`, appending one if there is none.
@@ -355,7 +401,9 @@ impl IpamBlock {
     fn compact_attributes(&mut self) {
         let mut used = vec![false; self.attributes.len()];
         for i in self.allocations.iter().flatten() {
-            used[*i as usize] = true;
+            if let Some(u) = used.get_mut(*i as usize) {
+                *u = true;
+            }
         }
         if used.iter().all(|&u| u) {
             return;
@@ -372,7 +420,8 @@ impl IpamBlock {
             used[i - 1]
         });
         for a in self.allocations.iter_mut().flatten() {
-            *a = new_index[*a as usize];
+            // A dangling index (a corrupt block) keeps its value rather than panicking.
+            *a = new_index.get(*a as usize).copied().unwrap_or(*a);
         }
     }
 }
@@ -490,5 +539,44 @@ mod tests {
         assert!(p.contains("ordinal 0 is both free and allocated"), "{p}");
         assert!(p.contains("ordinal 3 is free twice"), "{p}");
         assert!(p.contains("attribute 1 is not used"), "{p}");
+    }
+
+    #[test]
+    fn corrupt_blocks_are_refused_and_their_operations_do_not_panic() {
+        type Corruption = fn(&mut IpamBlock);
+        let cases: [(&str, Corruption); 4] = [
+            ("points at missing attribute", |b| {
+                b.allocations[0] = Some(9)
+            }),
+            ("outside the block", |b| b.unallocated.push_front(99)),
+            ("free twice", |b| {
+                let head = b.unallocated[0];
+                b.unallocated.push_front(head)
+            }),
+            ("allocation slots", |b| b.allocations.truncate(3)),
+        ];
+        for (problem, corrupt) in cases {
+            let mut b = block();
+            b.assign(1, &attr("a"), |_| false);
+            corrupt(&mut b);
+            let err = b.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("10-0-0-0-29") && err.contains(problem),
+                "{err}"
+            );
+            // Whatever a caller does with it anyway must not panic.
+            b.assign(8, &attr("b"), |_| false);
+            b.assign_ordinal(99, &attr("c"));
+            for o in [0, 1, 7, 8, 99] {
+                b.release(o, None, None, Cooldown::Until("2026-01-01T00:00:00Z"));
+                b.release(o, None, None, Cooldown::None);
+            }
+            b.release_handle("b", Cooldown::None);
+            b.fold_cooldown(OffsetDateTime::now_utc(), 0);
+        }
+        let mut tidy = block();
+        tidy.assign(1, &attr("a"), |_| false);
+        tidy.attributes.push(Arc::new(attr("orphan")));
+        assert!(tidy.validate().is_ok(), "an unused attribute is harmless");
     }
 }

@@ -46,6 +46,15 @@ pub enum Error {
         /// The existing pool's CIDR.
         other_cidr: IpNet,
     },
+    /// A new pool covers a range no workload should get an address from (loopback,
+    /// multicast, ...) and the caller did not allow special ranges.
+    #[error("pool {cidr} {reason}; allow special ranges to create it anyway")]
+    SpecialRange {
+        /// The new pool's CIDR.
+        cidr: IpNet,
+        /// Which special range it covers.
+        reason: &'static str,
+    },
     /// A pool with that name already exists.
     #[error("pool {name:?} already exists")]
     PoolExists {
@@ -191,6 +200,18 @@ pub enum Error {
     InvalidConfig {
         /// The rule broken.
         reason: &'static str,
+    },
+    /// An object read from the datastore breaks the model's rules (an index past its array,
+    /// a free ordinal listed twice, a selector that does not parse): it is neither used for
+    /// assignment nor written back.
+    #[error("stored {kind} {name:?} is corrupt: {problem}")]
+    CorruptObject {
+        /// The resource kind (`IPAMBlock`, `IPPool`).
+        kind: &'static str,
+        /// The object's name.
+        name: String,
+        /// What is wrong with it.
+        problem: String,
     },
     /// Too many compare-and-swap conflicts in a row.
     #[error("gave up {operation} after {attempts} conflicting writes")]

@@ -42,7 +42,7 @@ pub use block::{Cooldown, ReleaseOutcome};
 pub use cidr::BlockCidr;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
-pub use ipam::admin::{validate_config, validate_pool};
+pub use ipam::admin::{PoolCreate, special_range, validate_config, validate_pool};
 pub use ipam::{
     Allocation, Assigned, AutoAssignArgs, BlockUsage, Family, Ipam, Labels, PoolUsage,
     ReleaseRequest, ReleasedAffinities, Usage,

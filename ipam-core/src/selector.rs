@@ -192,12 +192,15 @@ impl Parser<'_> {
 
     fn eat_word(&mut self, word: &str) -> bool {
         self.skip_ws();
-        let rest = &self.text[self.pos..];
-        let boundary = rest[word.len().min(rest.len())..]
-            .chars()
-            .next()
-            .is_none_or(|c| !c.is_ascii_alphanumeric());
-        if rest.starts_with(word) && boundary {
+        // `strip_prefix`, not slicing by `word.len()`: the text may hold a multi-byte
+        // character where the word would end.
+        let boundary = self.text[self.pos..].strip_prefix(word).map(|after| {
+            after
+                .chars()
+                .next()
+                .is_none_or(|c| !c.is_ascii_alphanumeric())
+        });
+        if boundary == Some(true) {
             self.pos += word.len();
             true
         } else {
@@ -271,5 +274,21 @@ mod tests {
             let err = Selector::parse(text).unwrap_err().to_string();
             assert!(err.contains("at byte"), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn multibyte_text_is_refused_not_a_panic() {
+        for text in [
+            "zone ééé",
+            "zone é€",
+            "k é€",
+            "é",
+            "zone == 'é",
+            "has(é)",
+            "k in {'é',",
+        ] {
+            assert!(Selector::parse(text).is_err(), "{text}");
+        }
+        assert!(Selector::parse("zone == 'é€'").is_ok());
     }
 }

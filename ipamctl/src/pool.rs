@@ -58,6 +58,10 @@ pub struct CreateArgs {
     /// Masquerade traffic leaving the pool (stored for the dataplane).
     #[arg(long)]
     pub nat_outgoing: bool,
+    /// Allow a CIDR that covers loopback, multicast, link-local, unspecified or broadcast
+    /// addresses, or the whole address space.
+    #[arg(long)]
+    pub allow_special_range: bool,
 }
 
 /// `--allowed-uses` values.
@@ -101,7 +105,11 @@ pub async fn run<D: Datastore>(
 ) -> Result<u8> {
     match command {
         PoolCommand::Create(args) => {
-            ipam.create_pool(&args.name, args.to_pool()).await?;
+            let opts = ipam_core::PoolCreate {
+                allow_special_ranges: args.allow_special_range,
+            };
+            ipam.create_pool_with(&args.name, args.to_pool(), opts)
+                .await?;
             let created = ipam.get_pool(&args.name).await?;
             print(out, format, &[created], true)?;
         }

@@ -171,9 +171,10 @@ fn ipam_error(e: &ipam_core::Error, details: String) -> Cni {
         E::NoCandidatePools { .. } | E::PoolNotFound { .. } => {
             custom(codes::NO_POOL, "No usable IP pool", details)
         }
-        E::InvalidCidr { .. } | E::BlockSizeOutOfRange { .. } | E::PoolOverlap { .. } => {
-            Cni::InvalidNetworkConfig(details)
-        }
+        E::InvalidCidr { .. }
+        | E::BlockSizeOutOfRange { .. }
+        | E::PoolOverlap { .. }
+        | E::SpecialRange { .. } => Cni::InvalidNetworkConfig(details),
         E::Store(S::Other { .. }) => Cni::IOFailure(details),
         _ => custom(codes::REFUSED, "Allocation refused", details),
     }

@@ -24,6 +24,16 @@ pub struct ValidAttachment {
     pub ifname: String,
 }
 
+/// An attachment as the config lists it (`cni.dev/attachments`).
+#[derive(Debug, serde::Deserialize)]
+pub struct WireAttachment {
+    /// The container ID.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// The interface name.
+    pub ifname: String,
+}
+
 /// GC: releases stale allocations; returns the handles released.
 pub async fn gc<D: Datastore>(
     ipam: &Ipam<D>,

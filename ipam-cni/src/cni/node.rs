@@ -37,6 +37,11 @@ impl PodRef {
             let (key, value) = pair.split_once('=').ok_or_else(|| CniError::Env {
                 reason: format!("CNI_ARGS: {pair:?} is not KEY=VALUE"),
             })?;
+            if key.is_empty() {
+                return Err(CniError::Env {
+                    reason: format!("CNI_ARGS: {pair:?} has an empty key"),
+                });
+            }
             let value = Some(value.to_owned()).filter(|v| !v.is_empty());
             match key {
                 "K8S_POD_NAMESPACE" => pod.namespace = value,

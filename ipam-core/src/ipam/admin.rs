@@ -48,9 +48,22 @@ impl<D: Datastore> Ipam<D> {
         .await
     }
 
-    /// Creates a pool after checking its CIDR, block size, selector and overlaps.
+    /// Creates a pool after checking its CIDR, block size, selector and overlaps; a special
+    /// range (see [`special_range`]) is refused.
     pub async fn create_pool(&self, name: &str, pool: IpPool) -> Result<()> {
+        self.create_pool_with(name, pool, PoolCreate::default())
+            .await
+    }
+
+    /// [`Ipam::create_pool`] with options (such as allowing a special range).
+    pub async fn create_pool_with(&self, name: &str, pool: IpPool, opts: PoolCreate) -> Result<()> {
         validate_pool(name, &pool)?;
+        if let (false, Some(reason)) = (opts.allow_special_ranges, special_range(&pool.cidr)) {
+            return Err(Error::SpecialRange {
+                cidr: pool.cidr,
+                reason,
+            });
+        }
         for other in self.store.list::<IpPool>(Scope::All).await? {
             if overlaps(&other.value.cidr, &pool.cidr) {
                 return Err(Error::PoolOverlap {
@@ -226,6 +239,47 @@ pub fn validate_config(c: &IpamConfig) -> Result<()> {
     Ok(())
 }
 
+/// Options of [`Ipam::create_pool_with`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PoolCreate {
+    /// Accept a CIDR that [`special_range`] names (loopback, multicast, ...).
+    pub allow_special_ranges: bool,
+}
+
+/// Ranges no workload should get an address from, IPv4 then IPv6, each with why.
+const SPECIAL_RANGES: [(&str, &str); 10] = [
+    (
+        "0.0.0.0/8",
+        "overlaps 0.0.0.0/8 (unspecified, \"this network\")",
+    ),
+    ("127.0.0.0/8", "overlaps 127.0.0.0/8 (loopback)"),
+    ("169.254.0.0/16", "overlaps 169.254.0.0/16 (link-local)"),
+    ("224.0.0.0/4", "overlaps 224.0.0.0/4 (multicast)"),
+    (
+        "255.255.255.255/32",
+        "contains 255.255.255.255 (limited broadcast)",
+    ),
+    ("::/128", "contains :: (unspecified)"),
+    ("::1/128", "contains ::1 (loopback)"),
+    ("fe80::/10", "overlaps fe80::/10 (link-local)"),
+    ("ff00::/8", "overlaps ff00::/8 (multicast)"),
+    ("::ffff:0.0.0.0/96", "overlaps ::ffff:0:0/96 (IPv4-mapped)"),
+];
+
+/// Why `cidr` is a special range a pool should not cover, if it is: the whole address
+/// space (`/0`), or any overlap with unspecified, loopback, link-local, multicast or
+/// broadcast addresses.
+pub fn special_range(cidr: &IpNet) -> Option<&'static str> {
+    if cidr.prefix_len() == 0 {
+        return Some("is the whole address space (/0)");
+    }
+    SPECIAL_RANGES.iter().find_map(|(range, why)| {
+        // The table is constant and every entry parses (the unit test reads them all).
+        let range: IpNet = range.parse().ok()?;
+        overlaps(&range, cidr).then_some(*why)
+    })
+}
+
 /// A pool's own rules: a network address, a block size in range that fits, a valid selector.
 pub fn validate_pool(name: &str, pool: &IpPool) -> Result<()> {
     let valid_name = !name.is_empty()
@@ -256,4 +310,61 @@ pub fn validate_pool(name: &str, pool: &IpPool) -> Result<()> {
     BlockCidr::containing(pool.cidr.network(), size)?;
     Selector::parse(&pool.node_selector)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod special_range_tests {
+    use super::*;
+
+    #[test]
+    fn special_ranges_are_named_and_ordinary_ones_pass() {
+        for (cidr, why) in [
+            ("0.0.0.0/0", "/0"),
+            ("::/0", "/0"),
+            ("127.0.0.0/24", "loopback"),
+            ("126.0.0.0/7", "loopback"),
+            ("224.0.0.0/24", "multicast"),
+            ("169.254.0.0/24", "link-local"),
+            ("0.0.0.0/24", "unspecified"),
+            ("255.255.255.0/24", "broadcast"),
+            ("::/120", "unspecified"),
+            ("fe80::/64", "link-local"),
+            ("ff02::/120", "multicast"),
+        ] {
+            let net: IpNet = cidr.parse().unwrap();
+            let reason = special_range(&net).unwrap_or_else(|| panic!("{cidr} passed"));
+            assert!(reason.contains(why), "{cidr}: {reason}");
+        }
+        for cidr in ["10.0.0.0/8", "192.168.0.0/16", "fd00::/8", "2001:db8::/32"] {
+            assert_eq!(special_range(&cidr.parse().unwrap()), None, "{cidr}");
+        }
+        for (range, _) in SPECIAL_RANGES {
+            assert!(range.parse::<IpNet>().is_ok(), "{range}");
+        }
+    }
+
+    #[test]
+    fn create_pool_refuses_special_ranges_unless_allowed() {
+        pollster::block_on(async {
+            let ipam = Ipam::new(crate::MemoryStore::new(), crate::SystemClock);
+            let pool = IpPool::new("127.0.0.0/24".parse().unwrap());
+            let err = ipam.create_pool("lo", pool.clone()).await.unwrap_err();
+            assert!(matches!(err, Error::SpecialRange { .. }), "{err}");
+            assert!(
+                ipam.store()
+                    .list::<IpPool>(Scope::All)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let opts = PoolCreate {
+                allow_special_ranges: true,
+            };
+            ipam.create_pool_with("lo", pool, opts).await.unwrap();
+            assert_eq!(
+                ipam.store().list::<IpPool>(Scope::All).await.unwrap().len(),
+                1
+            );
+        });
+    }
 }

@@ -179,6 +179,7 @@ impl<D: Datastore> Ipam<D> {
                         }
                         Err(e) => return Err(e.into()),
                     };
+                    block.value.validate()?;
                     if let Some(owner) = block.value.host().filter(|h| *h != node.as_str()) {
                         if config.strict_affinity {
                             return Err(Error::StrictAffinity {
@@ -348,7 +349,10 @@ impl<D: Datastore> Ipam<D> {
                             Err(e) => return Err(e.into()),
                         },
                     };
-                    if owner.is_some_and(|o| block.value.host() != Some(o.as_str())) {
+                    // A corrupt block is skipped, never written; the others go on serving.
+                    if owner.is_some_and(|o| block.value.host() != Some(o.as_str()))
+                        || block.value.validate().is_err()
+                    {
                         return Ok(Vec::new());
                     }
                     let cidr = block.value.block_cidr()?;
@@ -485,6 +489,7 @@ impl<D: Datastore> Ipam<D> {
             .filter(|b| {
                 Family::of(&b.value.cidr) == family
                     && in_pools(&b.value.cidr)
+                    && b.value.validate().is_ok()
                     && b.value.has_free_at(now, req.config.ip_cooldown_seconds)
             })
             .collect();
