@@ -20,6 +20,7 @@
 pub mod config;
 pub mod error;
 pub mod gc;
+pub mod hostlocal;
 pub mod lock;
 pub mod log;
 pub mod node;
@@ -98,7 +99,11 @@ impl IpamPlugin {
     }
 
     /// Parses the request, opens the datastore and runs the verb.
-    fn execute(&self, args: &Args, verb: impl FnOnce(&Args) -> Result<Verb>) -> Result<Vec<IpNet>> {
+    fn execute(
+        &self,
+        args: &Args,
+        verb: impl FnOnce(&Args) -> Result<Verb>,
+    ) -> Result<(PluginConfig, Vec<IpNet>)> {
         let config = PluginConfig::from_netconf(args.config(), &self.own_name)?;
         let log = Logger::new(config.log_level, config.log_file.as_deref());
         let verb = verb(args)?;
@@ -131,13 +136,14 @@ impl IpamPlugin {
             Err(e) => Err(e.into()),
         }
         .inspect_err(|e| log.warn(format_args!("{e}")))
+        .map(|ips| (config, ips))
     }
 
     fn wire(
         &self,
         args: &Args,
         verb: impl FnOnce(&Args) -> Result<Verb>,
-    ) -> Result<Vec<IpNet>, WireError> {
+    ) -> Result<(PluginConfig, Vec<IpNet>), WireError> {
         self.execute(args, verb).map_err(|e| e.to_cni())
     }
 }
@@ -160,18 +166,8 @@ impl StoreOp for Run<'_> {
 
 impl Cni for IpamPlugin {
     fn add(&self, args: Args) -> Result<CNIResult, WireError> {
-        let ips = self.wire(&args, |a| attachment(a).map(Verb::Add))?;
-        Ok(CNIResult {
-            ips: ips
-                .into_iter()
-                .map(|address| IpConfig {
-                    interface: None,
-                    address,
-                    gateway: None,
-                })
-                .collect(),
-            ..CNIResult::default()
-        })
+        let (config, ips) = self.wire(&args, |a| attachment(a).map(Verb::Add))?;
+        Ok(add_result(&config, ips))
     }
 
     fn del(&self, args: Args) -> Result<(), WireError> {
@@ -216,6 +212,39 @@ impl Cni for IpamPlugin {
 impl From<CniError> for WireError {
     fn from(e: CniError) -> Self {
         e.to_cni()
+    }
+}
+
+/// The ADD result. calico-ipam mode: the addresses with their block's prefix length and
+/// nothing else, as calico-ipam answers. host-local mode: as host-local answers, one entry
+/// per range set in config order with the range's prefix length and gateway, then the
+/// configured routes and the `resolvConf` DNS.
+fn add_result(config: &PluginConfig, ips: Vec<IpNet>) -> CNIResult {
+    let Some(hl) = &config.host_local else {
+        return CNIResult {
+            ips: ips
+                .into_iter()
+                .map(|address| IpConfig {
+                    interface: None,
+                    address,
+                    gateway: None,
+                })
+                .collect(),
+            ..CNIResult::default()
+        };
+    };
+    let mut ips = ips;
+    // A repeated ADD reads the addresses back from the store: put them in range-set order.
+    ips.sort_by_key(|ip| {
+        hl.range_sets
+            .iter()
+            .position(|set| set.iter().any(|r| r.subnet.contains(&ip.addr())))
+    });
+    CNIResult {
+        ips: ips.iter().map(|ip| hl.ip_config(ip)).collect(),
+        routes: hl.routes.clone(),
+        dns: hl.dns.clone(),
+        ..CNIResult::default()
     }
 }
 
