@@ -226,7 +226,9 @@ async fn assign_host_local<D: Datastore>(
     let done = ipam.ensure_pools(&hl.wanted_pools()).await?;
     let mut addrs = Addresses::new();
     for set in &hl.range_sets {
-        let v6 = set.first().is_some_and(|r| matches!(r.subnet, IpNet::V6(_)));
+        let v6 = set
+            .first()
+            .is_some_and(|r| matches!(r.subnet, IpNet::V6(_)));
         let mut args = assign_args(ctx, att, handle);
         args.num4 = u32::from(!v6);
         args.num6 = u32::from(v6);
