@@ -8,11 +8,11 @@
 //! 0.4.0, renders `ips[].version` for 0.3.x/0.4.0 and not for 1.x, writes the error JSON on
 //! stdout with the well-known codes (and ours, 100+), and depends only on serde and ipnet.
 //! Writing the same by hand would duplicate it for no gain; what it lacks (a `cniVersion` in
-//! the error object that echoes the request's rather than the plugin's 1.1.0) is harmless,
-//! since runtimes read `code`, `msg` and `details`.
+//! the error object that echoes the request's rather than the plugin's 1.1.0) the binary
+//! supplies (`src/bin/ipam-cni.rs`).
 //!
 //! Everything this plugin decides is in the submodules, generic over the datastore:
-//! [`config`] (Calico's keys), [`node`] (node name, handles, `CNI_ARGS`), [`ops`] (ADD, DEL,
+//! [`config`] (Calico's keys), [`hostlocal`] (host-local's keys), [`node`] (node name, handles, `CNI_ARGS`), [`ops`] (ADD, DEL,
 //! CHECK), [`gc`] (GC), [`status`] (STATUS), [`lock`] (the host lock), [`log`], [`error`] (codes).
 //! [`IpamPlugin`] ties them to the protocol: parse and check everything, then open the
 //! datastore (so a rejected request writes nothing), then run the verb.

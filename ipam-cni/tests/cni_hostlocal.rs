@@ -238,3 +238,15 @@ fn two_range_sets_gateway_ipv6_and_dns_match_host_local() {
     pair.quiet_same("DEL", "x", None);
     pair.quiet_same("DEL", "y", None);
 }
+
+#[test]
+fn errors_carry_the_request_cni_version() {
+    let ours = Side::new(cni_support::PLUGIN, "ipam-cni");
+    for version in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        let mut conf = ours.conf(&json!({"subnet": "10.231.10.1/24"}));
+        conf["cniVersion"] = json!(version);
+        let reply = ours.run("ADD", "bad", &conf);
+        assert_eq!(reply.code(), 7, "{reply:?}");
+        assert_eq!(reply.json["cniVersion"], version, "{reply:?}");
+    }
+}
