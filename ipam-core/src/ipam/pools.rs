@@ -209,7 +209,7 @@ mod tests {
             assert_eq!(done.created_reservations.len(), 1);
             let pool = ipam.get_pool("10-9-0-0-24").await.unwrap().value;
             assert!(pool.is_manual());
-            assert_eq!(pool.block_size, 26.max(24));
+            assert_eq!(pool.block_size, 26);
             assert!(
                 ipam.reserved_by("10.9.0.1".parse().unwrap())
                     .await
