@@ -8,11 +8,11 @@
 //! 0.4.0, renders `ips[].version` for 0.3.x/0.4.0 and not for 1.x, writes the error JSON on
 //! stdout with the well-known codes (and ours, 100+), and depends only on serde and ipnet.
 //! Writing the same by hand would duplicate it for no gain; what it lacks (a `cniVersion` in
-//! the error object that echoes the request's rather than the plugin's 1.1.0) is harmless,
-//! since runtimes read `code`, `msg` and `details`.
+//! the error object that echoes the request's rather than the plugin's 1.1.0) the binary
+//! supplies (`src/bin/ipam-cni.rs`).
 //!
 //! Everything this plugin decides is in the submodules, generic over the datastore:
-//! [`config`] (Calico's keys), [`node`] (node name, handles, `CNI_ARGS`), [`ops`] (ADD, DEL,
+//! [`config`] (Calico's keys), [`hostlocal`] (host-local's keys), [`node`] (node name, handles, `CNI_ARGS`), [`ops`] (ADD, DEL,
 //! CHECK), [`gc`] (GC), [`status`] (STATUS), [`lock`] (the host lock), [`log`], [`error`] (codes).
 //! [`IpamPlugin`] ties them to the protocol: parse and check everything, then open the
 //! datastore (so a rejected request writes nothing), then run the verb.
@@ -20,6 +20,7 @@
 pub mod config;
 pub mod error;
 pub mod gc;
+pub mod hostlocal;
 pub mod lock;
 pub mod log;
 pub mod node;
@@ -98,7 +99,11 @@ impl IpamPlugin {
     }
 
     /// Parses the request, opens the datastore and runs the verb.
-    fn execute(&self, args: &Args, verb: impl FnOnce(&Args) -> Result<Verb>) -> Result<Vec<IpNet>> {
+    fn execute(
+        &self,
+        args: &Args,
+        verb: impl FnOnce(&Args) -> Result<Verb>,
+    ) -> Result<(PluginConfig, Vec<IpNet>)> {
         check_config_size(args.config())?;
         let config = PluginConfig::from_netconf(args.config(), &self.own_name)?;
         let log = Logger::new(config.log_level, config.log_file.as_deref());
@@ -132,13 +137,14 @@ impl IpamPlugin {
             Err(e) => Err(e.into()),
         }
         .inspect_err(|e| log.warn(format_args!("{e}")))
+        .map(|ips| (config, ips))
     }
 
     fn wire(
         &self,
         args: &Args,
         verb: impl FnOnce(&Args) -> Result<Verb>,
-    ) -> Result<Vec<IpNet>, WireError> {
+    ) -> Result<(PluginConfig, Vec<IpNet>), WireError> {
         self.execute(args, verb).map_err(|e| e.to_cni())
     }
 }
@@ -161,18 +167,8 @@ impl StoreOp for Run<'_> {
 
 impl Cni for IpamPlugin {
     fn add(&self, args: Args) -> Result<CNIResult, WireError> {
-        let ips = self.wire(&args, |a| attachment(a).map(Verb::Add))?;
-        Ok(CNIResult {
-            ips: ips
-                .into_iter()
-                .map(|address| IpConfig {
-                    interface: None,
-                    address,
-                    gateway: None,
-                })
-                .collect(),
-            ..CNIResult::default()
-        })
+        let (config, ips) = self.wire(&args, |a| attachment(a).map(Verb::Add))?;
+        Ok(add_result(&config, ips))
     }
 
     fn del(&self, args: Args) -> Result<(), WireError> {
@@ -245,6 +241,39 @@ fn valid_attachments(conf: &rscni_plugin::types::NetConf) -> Result<Vec<ValidAtt
 impl From<CniError> for WireError {
     fn from(e: CniError) -> Self {
         e.to_cni()
+    }
+}
+
+/// The ADD result. calico-ipam mode: the addresses with their block's prefix length and
+/// nothing else, as calico-ipam answers. host-local mode: as host-local answers, one entry
+/// per range set in config order with the range's prefix length and gateway, then the
+/// configured routes and the `resolvConf` DNS.
+fn add_result(config: &PluginConfig, ips: Vec<IpNet>) -> CNIResult {
+    let Some(hl) = &config.host_local else {
+        return CNIResult {
+            ips: ips
+                .into_iter()
+                .map(|address| IpConfig {
+                    interface: None,
+                    address,
+                    gateway: None,
+                })
+                .collect(),
+            ..CNIResult::default()
+        };
+    };
+    let mut ips = ips;
+    // A repeated ADD reads the addresses back from the store: put them in range-set order.
+    ips.sort_by_key(|ip| {
+        hl.range_sets
+            .iter()
+            .position(|set| set.iter().any(|r| r.subnet.contains(&ip.addr())))
+    });
+    CNIResult {
+        ips: ips.iter().map(|ip| hl.ip_config(ip)).collect(),
+        routes: hl.routes.clone(),
+        dns: hl.dns.clone(),
+        ..CNIResult::default()
     }
 }
 

@@ -44,8 +44,8 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use ipam::admin::{PoolCreate, special_range, validate_config, validate_pool};
 pub use ipam::{
-    Allocation, Assigned, AutoAssignArgs, BlockUsage, Family, Ipam, Labels, PoolUsage,
-    ReleaseRequest, ReleasedAffinities, Usage,
+    Allocation, Assigned, AutoAssignArgs, BlockUsage, EnsuredPools, Family, Ipam, Labels,
+    PoolUsage, ReleaseRequest, ReleasedAffinities, Usage, WantedPool,
 };
 pub use memory::MemoryStore;
 pub use model::{

@@ -2,18 +2,51 @@
 //! the network config on stdin; the result or the spec's error object goes to stdout, and
 //! the exit status is 0 only on success. Everything else lives in `ipam_cni::cni`.
 
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::process::ExitCode;
+use std::str::FromStr;
 
 use ipam_cni::cni::{IpamPlugin, SUPPORTED_VERSIONS};
 use rscni_plugin::cni::Plugin;
 use rscni_plugin::version::SpecVersion;
 
+/// More than any network config; a longer stdin is cut here and then fails to decode.
+const MAX_REQUEST: u64 = 16 << 20;
+
 fn main() -> ExitCode {
-    let protocol = Plugin::new(SpecVersion::new(1, 1, 0), SUPPORTED_VERSIONS.to_vec());
+    let own = SpecVersion::new(1, 1, 0);
+    let version = request_version().unwrap_or(own);
+    let protocol = Plugin::new(version, SUPPORTED_VERSIONS.to_vec());
     // `run` reads the environment and stdin, calls the plugin, and prints the result or
     // the error JSON; the error has been printed by the time it is returned here.
     match protocol.run(&IpamPlugin::from_argv0()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
+}
+
+/// The request's `cniVersion` if this plugin speaks it, so that an error object echoes it
+/// as the spec asks: the protocol crate writes the plugin's own version into errors.
+///
+/// The protocol layer reads stdin itself, so the request is read here and put back as an
+/// in-memory file on fd 0. VERSION keeps the plugin's own version (its answer describes
+/// the plugin). Any failure leaves stdin untouched (when nothing was read yet) or
+/// restores what was read, and the version falls back to the plugin's.
+fn request_version() -> Option<SpecVersion> {
+    if std::env::var("CNI_COMMAND").map_or(true, |c| c == "VERSION") {
+        return None;
+    }
+    let memfd = rustix::fs::memfd_create("cni-request", rustix::fs::MemfdFlags::CLOEXEC).ok()?;
+    let mut request = Vec::new();
+    let _ = std::io::stdin()
+        .lock()
+        .take(MAX_REQUEST)
+        .read_to_end(&mut request);
+    let mut file = std::fs::File::from(memfd);
+    file.write_all(&request).ok()?;
+    file.seek(SeekFrom::Start(0)).ok()?;
+    rustix::stdio::dup2_stdin(&file).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&request).ok()?;
+    let version = SpecVersion::from_str(value.get("cniVersion")?.as_str()?).ok()?;
+    SUPPORTED_VERSIONS.contains(&version).then_some(version)
 }

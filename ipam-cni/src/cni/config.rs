@@ -20,6 +20,11 @@
 //!
 //! A pool named by CIDR that does not exist on the embedded store is created on first use
 //! (see [`super::ops`]).
+//!
+//! host-local's keys (`ranges`, `subnet`, `rangeStart`, `rangeEnd`, `gateway`, `routes`,
+//! `resolvConf`, `dataDir`) select host-local mode; they are read by [`super::hostlocal`].
+//! `dataDir` is the directory of the embedded database (`ipam-cni.db` in it) unless
+//! `datastore_path` or `datastore_type` names another store.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -31,6 +36,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::error::CniError;
+use super::hostlocal::{self, HostLocal};
 use ipam_datastore::DatastoreSpec;
 
 /// The plugin's name, the `ipam.type` it answers to besides the name it runs under.
@@ -67,6 +73,9 @@ pub struct PluginConfig {
     pub log_level: super::log::Level,
     /// A file to log to instead of stderr.
     pub log_file: Option<PathBuf>,
+    /// host-local mode: the config has host-local's `ranges` or `subnet` (see
+    /// [`super::hostlocal`]); `None` is calico-ipam mode.
+    pub host_local: Option<HostLocal>,
 }
 
 /// A pool as the config names it.
@@ -137,6 +146,21 @@ impl PluginConfig {
             )));
         }
         let section: IpamSection = decode("ipam", &ipam.custom)?;
+        let host_local = HostLocal::from_ipam(&ipam.custom.clone().into_iter().collect())?;
+        if host_local.is_some() && !(section.ipv4_pools.is_empty() && section.ipv6_pools.is_empty())
+        {
+            return Err(CniError::config(
+                "ipam has host-local's ranges/subnet and calico-ipam's ipv4_pools/ipv6_pools: \
+                 use one mode (see docs/host-local.md)",
+            ));
+        }
+        // host-local's state directory holds the embedded database unless a path is named.
+        let db_path = section.datastore_path.clone().or_else(|| {
+            host_local
+                .as_ref()
+                .and_then(|h| h.data_dir.as_ref())
+                .map(|d| d.join(hostlocal::DATA_DIR_DB))
+        });
         let top: TopLevel = decode("network config", &conf.custom)?;
         let assign_ipv4 = calico_bool("ipam.assign_ipv4", section.assign_ipv4.as_ref(), true)?;
         let assign_ipv6 = calico_bool("ipam.assign_ipv6", section.assign_ipv6.as_ref(), false)?;
@@ -156,13 +180,14 @@ impl PluginConfig {
             assign_ipv6,
             ipv4_pools: pool_refs("ipam.ipv4_pools", &section.ipv4_pools, false)?,
             ipv6_pools: pool_refs("ipam.ipv6_pools", &section.ipv6_pools, true)?,
-            datastore: datastore(&top, section.datastore_path)?,
+            datastore: datastore(&top, db_path)?,
             nodename: top.nodename.filter(|n| !n.is_empty()),
             nodename_file: top.nodename_file,
             nodename_file_optional: top.nodename_file_optional,
             timeout,
             log_level: super::log::Level::parse(top.log_level.as_deref())?,
             log_file: top.log_file_path,
+            host_local,
         })
     }
 

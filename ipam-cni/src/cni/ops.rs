@@ -11,13 +11,14 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipam_core::{
-    AutoAssignArgs, Datastore, Error as IpamError, HandleId, IpPool, Ipam, NodeName,
+    AutoAssignArgs, Datastore, Error as IpamError, HandleId, Ipam, NodeName, WantedPool,
     clock::go_time_string,
 };
 use ipnet::IpNet;
 
 use super::config::{PluginConfig, PoolRef};
 use super::error::{CniError, Result};
+use super::hostlocal::HostLocal;
 use super::lock::{HostLock, LOCK_WAIT};
 use super::log::Logger;
 use super::node::{PodRef, handle_for};
@@ -180,16 +181,17 @@ async fn assign<D: Datastore>(
     att: &Attachment,
     handle: &HandleId,
 ) -> Result<Addresses> {
+    if let Some(hl) = &ctx.config.host_local {
+        return assign_host_local(ipam, ctx, att, handle, hl).await;
+    }
     let args = assign_args(ctx, att, handle);
     let first = ipam.auto_assign(&args).await;
     let got = match first {
         Err(IpamError::PoolNotFound { .. }) if ctx.create_pools => {
-            let created = create_missing_pools(ipam, ctx.config).await?;
+            let done = ipam.ensure_pools(&wanted_pools(ctx.config)).await?;
             let again = ipam.auto_assign(&args).await;
             if again.is_err() {
-                for name in &created {
-                    let _ = ipam.delete_pool(name, false).await;
-                }
+                ipam.undo_ensure(&done).await;
             }
             again
         }
@@ -199,7 +201,8 @@ async fn assign<D: Datastore>(
         Err(IpamError::NoCandidatePools { .. }) if no_pools_at_all(ipam).await => {
             return Err(CniError::config(
                 "no IP pool exists: name a CIDR in ipam.ipv4_pools / ipam.ipv6_pools (created \
-                 on first use) or create a pool with `ipamctl pool create`",
+                 on first use), give host-local's ipam.ranges, or create a pool with \
+                 `ipamctl pool create`",
             ));
         }
         other => other?,
@@ -208,6 +211,69 @@ async fn assign<D: Datastore>(
     ctx.log
         .info(format_args!("ADD {handle}: assigned {addrs:?}"));
     Ok(addrs)
+}
+
+/// host-local mode: one address from each range set, in order, from the pools of its
+/// ranges (made to exist with their reservations first, on any store: the config
+/// defines them). All or nothing.
+async fn assign_host_local<D: Datastore>(
+    ipam: &Ipam<D>,
+    ctx: &Context<'_>,
+    att: &Attachment,
+    handle: &HandleId,
+    hl: &HostLocal,
+) -> Result<Addresses> {
+    let done = ipam.ensure_pools(&hl.wanted_pools()).await?;
+    let mut addrs = Addresses::new();
+    for set in &hl.range_sets {
+        let v6 = set
+            .first()
+            .is_some_and(|r| matches!(r.subnet, IpNet::V6(_)));
+        let mut args = assign_args(ctx, att, handle);
+        args.num4 = u32::from(!v6);
+        args.num6 = u32::from(v6);
+        let names: Vec<String> = set.iter().map(|r| r.subnet.to_string()).collect();
+        (args.pools4, args.pools6) = if v6 {
+            (Vec::new(), names)
+        } else {
+            (names, Vec::new())
+        };
+        match ipam.auto_assign(&args).await {
+            Ok(got) => addrs.extend(got.all().copied()),
+            Err(e) => {
+                if !addrs.is_empty() {
+                    let _ = ipam.release_by_handle(handle).await;
+                }
+                ipam.undo_ensure(&done).await;
+                return Err(e.into());
+            }
+        }
+    }
+    ctx.log.info(format_args!(
+        "ADD {handle}: assigned {addrs:?} (host-local ranges)"
+    ));
+    Ok(addrs)
+}
+
+/// The pools calico-ipam mode names, as [`Ipam::ensure_pools`] takes them.
+fn wanted_pools(config: &PluginConfig) -> Vec<WantedPool> {
+    let families = [
+        (config.assign_ipv4, &config.ipv4_pools),
+        (config.assign_ipv6, &config.ipv6_pools),
+    ];
+    families
+        .iter()
+        .filter(|(on, _)| *on)
+        .flat_map(|(_, refs)| refs.iter())
+        .map(|r| match r {
+            PoolRef::Name(name) => WantedPool::Existing(name.clone()),
+            PoolRef::Cidr(cidr) => WantedPool::Cidr {
+                cidr: *cidr,
+                manual: false,
+                reserved: Vec::new(),
+            },
+        })
+        .collect()
 }
 
 fn assign_args(ctx: &Context<'_>, att: &Attachment, handle: &HandleId) -> AutoAssignArgs {
@@ -239,57 +305,4 @@ fn assign_args(ctx: &Context<'_>, att: &Attachment, handle: &HandleId) -> AutoAs
 
 async fn no_pools_at_all<D: Datastore>(ipam: &Ipam<D>) -> bool {
     ipam.list_pools().await.is_ok_and(|p| p.is_empty())
-}
-
-/// Creates the pools the config names by CIDR that no pool covers exactly. Refuses (with
-/// nothing written) when a pool named by name is missing. Returns the pools created.
-async fn create_missing_pools<D: Datastore>(
-    ipam: &Ipam<D>,
-    config: &PluginConfig,
-) -> Result<Vec<String>> {
-    let pools = ipam.list_pools().await?;
-    let mut wanted = Vec::new();
-    let families = [
-        (config.assign_ipv4, &config.ipv4_pools),
-        (config.assign_ipv6, &config.ipv6_pools),
-    ];
-    for r in families
-        .iter()
-        .filter(|(on, _)| *on)
-        .flat_map(|(_, refs)| refs.iter())
-    {
-        match r {
-            PoolRef::Name(name) if !pools.iter().any(|p| &p.name == name) => {
-                return Err(IpamError::PoolNotFound { name: name.clone() }.into());
-            }
-            PoolRef::Cidr(cidr) if !pools.iter().any(|p| p.value.cidr == *cidr) => {
-                wanted.push(*cidr);
-            }
-            _ => {}
-        }
-    }
-    let mut created = Vec::new();
-    for cidr in wanted {
-        let name = ipam_core::cidr::cidr_to_name(&cidr);
-        let mut pool = IpPool::new(cidr);
-        let default_block = if matches!(cidr, IpNet::V4(_)) {
-            26
-        } else {
-            122
-        };
-        pool.block_size = cidr.prefix_len().max(default_block);
-        match ipam.create_pool(&name, pool).await {
-            Ok(()) => created.push(name),
-            // Another plugin process created it first.
-            Err(IpamError::PoolExists { .. }) => {}
-            Err(IpamError::PoolOverlap { other_cidr, .. }) if other_cidr == cidr => {}
-            Err(e) => {
-                for name in &created {
-                    let _ = ipam.delete_pool(name, false).await;
-                }
-                return Err(e.into());
-            }
-        }
-    }
-    Ok(created)
 }

@@ -8,6 +8,7 @@ pub(crate) mod admin;
 mod affinity;
 mod assign;
 mod handle;
+pub mod pools;
 mod release;
 mod usage;
 
@@ -20,6 +21,7 @@ use ipnet::IpNet;
 
 pub use self::affinity::ReleasedAffinities;
 pub use self::assign::{Assigned, AutoAssignArgs};
+pub use self::pools::{EnsuredPools, WantedPool};
 pub use self::release::{Allocation, ReleaseRequest};
 pub use self::usage::{BlockUsage, PoolUsage, Usage};
 
