@@ -124,6 +124,20 @@ pub struct ServeOptions {
     pub max_watches: usize,
     /// Which writes are taken (read-only by default).
     pub writes: Writes,
+    /// Which rules a write must meet (the allocator's by default).
+    pub admission: Admission,
+}
+
+/// The rules a write through the API must meet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// The allocator's: no object the allocator would not write is stored.
+    #[default]
+    Allocator,
+    /// Only the schema, as a cluster's kube-apiserver checks Calico's CRDs: for tests that
+    /// use this server in place of one (the datastore conformance suite writes objects no
+    /// allocator would, on purpose).
+    SchemaOnly,
 }
 
 impl Default for ServeOptions {
@@ -133,16 +147,18 @@ impl Default for ServeOptions {
             watch_timeout: Duration::from_secs(1800),
             max_watches: 64,
             writes: Writes::ReadOnly,
+            admission: Admission::Allocator,
         }
     }
 }
 
 impl ServeOptions {
-    /// Defaults, but writes from anyone: for tests where the server stands in for a
-    /// cluster's API server. Nothing an operator runs uses this.
+    /// Writes from anyone, checked against the schema only: for tests where the server
+    /// stands in for a cluster's kube-apiserver. Nothing an operator runs uses this.
     pub fn writable_for_tests() -> Self {
         ServeOptions {
             writes: Writes::Unauthenticated,
+            admission: Admission::SchemaOnly,
             ..ServeOptions::default()
         }
     }
