@@ -13,7 +13,10 @@
 //! [`uid_of`]: ipam_k8s::resource::uid_of
 //! [`NODE_LABEL`]: ipam_k8s::resource::NODE_LABEL
 
+pub mod access;
+mod admission;
 mod discovery;
+pub mod listen;
 pub mod object;
 mod read;
 mod selector;
@@ -28,9 +31,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::connect_info::Connected;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::{IncomingStream, Listener};
 use ipam_core::{Datastore, Kind, StoreError};
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -38,7 +43,8 @@ use time::format_description::well_known::Rfc3339;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::object::{Meta, Status};
+pub use crate::access::{Peer, Token, Writes};
+use crate::object::{Meta, Status, StatusReason};
 use ipam_k8s::resource::ResourceDef;
 
 /// What starting or running the server can fail with.
@@ -47,6 +53,61 @@ pub enum Error {
     /// Listening or serving failed (the address is taken, the listener broke).
     #[error("serving the API: {0}")]
     Serve(#[source] std::io::Error),
+    /// An address or socket could not be bound.
+    #[error("cannot listen on {what}: {source}")]
+    Listen {
+        /// The address or socket path.
+        what: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plain-HTTP listener off loopback would send tokens and objects in clear.
+    #[error(
+        "refusing to listen on {addr} without TLS: only loopback may be plain HTTP (give --tls-cert and --tls-key)"
+    )]
+    PlainOffLoopback {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+    },
+    /// The token file could not be read.
+    #[error("cannot read the token file {}: {source}", path.display())]
+    TokenFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The token file is readable or writable by others than its owner.
+    #[error("the token file {} has mode {mode:04o}; it must be 0600 or stricter", path.display())]
+    TokenFileMode {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The token file belongs to another user, who could change the token.
+    #[error("the token file {} is owned by uid {owner}, not by the running user (uid {user})", path.display())]
+    TokenFileOwner {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The file's owner.
+        owner: u32,
+        /// The running user.
+        user: u32,
+    },
+    /// The token is empty.
+    #[error("the token is empty")]
+    TokenEmpty,
+    /// The TLS certificate or key could not be loaded.
+    #[error("TLS: {}: {reason}", path.display())]
+    Tls {
+        /// The certificate or key file.
+        path: std::path::PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
 }
 
 /// This crate's result type.
@@ -61,6 +122,22 @@ pub struct ServeOptions {
     pub watch_timeout: Duration,
     /// Watches open at once; more are refused with 429.
     pub max_watches: usize,
+    /// Which writes are taken (read-only by default).
+    pub writes: Writes,
+    /// Which rules a write must meet (the allocator's by default).
+    pub admission: Admission,
+}
+
+/// The rules a write through the API must meet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Admission {
+    /// The allocator's: no object the allocator would not write is stored.
+    #[default]
+    Allocator,
+    /// Only the schema, as a cluster's kube-apiserver checks Calico's CRDs: for tests that
+    /// use this server in place of one (the datastore conformance suite writes objects no
+    /// allocator would, on purpose).
+    SchemaOnly,
 }
 
 impl Default for ServeOptions {
@@ -69,6 +146,20 @@ impl Default for ServeOptions {
             watch_poll: Duration::from_millis(250),
             watch_timeout: Duration::from_secs(1800),
             max_watches: 64,
+            writes: Writes::ReadOnly,
+            admission: Admission::Allocator,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Writes from anyone, checked against the schema only: for tests where the server
+    /// stands in for a cluster's kube-apiserver. Nothing an operator runs uses this.
+    pub fn writable_for_tests() -> Self {
+        ServeOptions {
+            writes: Writes::Unauthenticated,
+            admission: Admission::SchemaOnly,
+            ..ServeOptions::default()
         }
     }
 }
@@ -123,8 +214,11 @@ impl<D: Datastore + 'static> ApiServer<D> {
     }
 }
 
-/// The API as an axum router over `store`.
+/// The API as an axum router over `store`, writes gated by `options.writes`. The gate
+/// trusts a connection only through [`access::Peer`] connect info, so serve it with
+/// `into_make_service_with_connect_info::<Peer>()` (as [`serve_on`] does).
 pub fn router<D: Datastore + 'static>(store: D, options: ServeOptions) -> Router {
+    let writes = Arc::new(options.writes.clone());
     let state = Arc::new(ApiServer::new(store, options));
     let collection = get(read::list::<D>)
         .post(write::create::<D>)
@@ -144,6 +238,7 @@ pub fn router<D: Datastore + 'static>(store: D, options: ServeOptions) -> Router
         .route("/apis/crd.projectcalico.org/v1/{plural}/{name}", item)
         .fallback(not_found)
         .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(writes, access::gate))
 }
 
 /// Serves the API over `store` on `listener` until the listener fails.
@@ -157,7 +252,7 @@ pub async fn serve<D: Datastore + 'static>(listener: TcpListener, store: D) -> R
     .await
 }
 
-/// Serves the API until `shutdown` completes.
+/// Serves the API on a plain TCP listener until `shutdown` completes.
 pub async fn serve_with_shutdown<D, F>(
     listener: TcpListener,
     store: D,
@@ -168,10 +263,66 @@ where
     D: Datastore + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
-    axum::serve(listener, router(store, options))
+    serve_on(listener, router(store, options), shutdown).await
+}
+
+/// Serves `app` on `listener` until `shutdown` completes, with [`Peer`] connect info.
+pub async fn serve_on<L, F>(listener: L, app: Router, shutdown: F) -> Result<()>
+where
+    L: Listener,
+    L::Addr: std::fmt::Debug,
+    Peer: for<'a> Connected<IncomingStream<'a, L>>,
+    F: Future<Output = ()> + Send + 'static,
+{
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(Error::Serve)
+}
+
+/// Where `ipamctl serve` listens: one TCP address (TLS or plain) and maybe a Unix socket.
+pub struct Listeners {
+    /// The TCP listener.
+    pub tcp: TcpListener,
+    /// TLS for the TCP listener.
+    pub tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// A Unix socket whose peers are trusted to write when they are the server's user.
+    pub unix: Option<listen::UnixPeers>,
+}
+
+/// Serves `store` on every listener of `listeners` until `shutdown` completes.
+pub async fn serve_listeners<D, F>(
+    listeners: Listeners,
+    store: D,
+    options: ServeOptions,
+    shutdown: F,
+) -> Result<()>
+where
+    D: Datastore + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    use futures::FutureExt;
+    let app = router(store, options);
+    let stop = shutdown.shared();
+    let tcp = {
+        let (app, stop) = (app.clone(), stop.clone());
+        async move {
+            match listeners.tls {
+                Some(cfg) => {
+                    serve_on(listen::TlsListener::new(listeners.tcp, cfg), app, stop).await
+                }
+                None => serve_on(listeners.tcp, app, stop).await,
+            }
+        }
+    };
+    let unix = async move {
+        match listeners.unix {
+            Some(l) => serve_on(l, app, stop).await,
+            None => Ok(()),
+        }
+    };
+    let (a, b) = tokio::join!(tcp, unix);
+    a.and(b)
 }
 
 /// A JSON response.
@@ -205,12 +356,14 @@ fn store_status(kind: Kind, name: &str, err: StoreError) -> Status {
         StoreError::Invalid { reason, .. } => Status::invalid(kind, name, "spec", &reason),
         StoreError::Unavailable { source } => Status::new(
             503,
-            "ServiceUnavailable",
+            StatusReason::ServiceUnavailable,
             format!("datastore unavailable: {source}"),
         ),
-        StoreError::Other { source } => {
-            Status::new(500, "InternalError", format!("datastore error: {source}"))
-        }
+        StoreError::Other { source } => Status::new(
+            500,
+            StatusReason::InternalError,
+            format!("datastore error: {source}"),
+        ),
     }
 }
 
@@ -219,7 +372,7 @@ fn resolve(plural: &str) -> Result<&'static ResourceDef, Status> {
     ResourceDef::by_resource(plural).ok_or_else(|| {
         Status::new(
             404,
-            "NotFound",
+            StatusReason::NotFound,
             "the server could not find the requested resource",
         )
     })
@@ -228,7 +381,7 @@ fn resolve(plural: &str) -> Result<&'static ResourceDef, Status> {
 async fn not_found() -> Status {
     Status::new(
         404,
-        "NotFound",
+        StatusReason::NotFound,
         "the server could not find the requested resource",
     )
 }
@@ -236,7 +389,7 @@ async fn not_found() -> Status {
 async fn method_not_allowed() -> Status {
     Status::new(
         405,
-        "MethodNotAllowed",
+        StatusReason::MethodNotAllowed,
         "the server does not allow this method on the requested resource",
     )
 }

@@ -103,13 +103,62 @@ pub fn from_object<R: Resource>(body: &Value) -> Result<Incoming<R>, Refusal> {
     })
 }
 
+/// `metav1.StatusReason`: the machine-readable cause of a failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusReason {
+    /// 400: the request itself is malformed.
+    BadRequest,
+    /// 401: no credentials, or credentials that do not match.
+    Unauthorized,
+    /// 403: the credentials (or their absence) do not allow the request.
+    Forbidden,
+    /// 404: no such object or resource.
+    NotFound,
+    /// 405: the resource does not take this method.
+    MethodNotAllowed,
+    /// 409: an object of that name exists.
+    AlreadyExists,
+    /// 409: a precondition or compare-and-swap failed.
+    Conflict,
+    /// 415: the body's media type is not accepted.
+    UnsupportedMediaType,
+    /// 422: the object breaks a rule.
+    Invalid,
+    /// 429: too many requests of this kind at once.
+    TooManyRequests,
+    /// 500: something failed inside the server or the datastore.
+    InternalError,
+    /// 503: the datastore cannot be reached now.
+    ServiceUnavailable,
+}
+
+impl StatusReason {
+    /// The reason as kube-apiserver spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusReason::BadRequest => "BadRequest",
+            StatusReason::Unauthorized => "Unauthorized",
+            StatusReason::Forbidden => "Forbidden",
+            StatusReason::NotFound => "NotFound",
+            StatusReason::MethodNotAllowed => "MethodNotAllowed",
+            StatusReason::AlreadyExists => "AlreadyExists",
+            StatusReason::Conflict => "Conflict",
+            StatusReason::UnsupportedMediaType => "UnsupportedMediaType",
+            StatusReason::Invalid => "Invalid",
+            StatusReason::TooManyRequests => "TooManyRequests",
+            StatusReason::InternalError => "InternalError",
+            StatusReason::ServiceUnavailable => "ServiceUnavailable",
+        }
+    }
+}
+
 /// A `metav1.Status` failure.
 #[derive(Clone, Debug)]
 pub struct Status {
     /// HTTP status code.
     pub code: u16,
-    /// `reason` (`NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, ...).
-    pub reason: &'static str,
+    /// Why, for machines.
+    pub reason: StatusReason,
     /// Human-readable message.
     pub message: String,
     /// `details`, when the failure is about one object.
@@ -118,7 +167,7 @@ pub struct Status {
 
 impl Status {
     /// A failure with no object details.
-    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: u16, reason: StatusReason, message: impl Into<String>) -> Self {
         Status {
             code,
             reason,
@@ -130,7 +179,7 @@ impl Status {
     /// A failure about the object `name` of `kind`.
     pub fn about(
         code: u16,
-        reason: &'static str,
+        reason: StatusReason,
         kind: Kind,
         name: &str,
         message: impl Into<String>,
@@ -146,13 +195,13 @@ impl Status {
     /// 404 for an object.
     pub fn not_found(kind: Kind, name: &str) -> Self {
         let msg = format!("{}.{GROUP} {name:?} not found", kind.plural());
-        Status::about(404, "NotFound", kind, name, msg)
+        Status::about(404, StatusReason::NotFound, kind, name, msg)
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(kind: Kind, name: &str) -> Self {
         let msg = format!("{}.{GROUP} {name:?} already exists", kind.plural());
-        Status::about(409, "AlreadyExists", kind, name, msg)
+        Status::about(409, StatusReason::AlreadyExists, kind, name, msg)
     }
 
     /// 409 Conflict, with kube-apiserver's wording.
@@ -161,7 +210,7 @@ impl Status {
             "Operation cannot be fulfilled on {}.{GROUP} {name:?}: {why}",
             kind.plural()
         );
-        Status::about(409, "Conflict", kind, name, msg)
+        Status::about(409, StatusReason::Conflict, kind, name, msg)
     }
 
     /// 422 Invalid, naming the field.
@@ -170,7 +219,7 @@ impl Status {
             "{}.{GROUP} {name:?} is invalid: {field}: Invalid value: {why}",
             kind.as_str()
         );
-        let mut s = Status::about(422, "Invalid", kind, name, msg);
+        let mut s = Status::about(422, StatusReason::Invalid, kind, name, msg);
         if let Some(d) = s.details.as_mut() {
             d["kind"] = json!(kind.as_str());
             d["causes"] = json!([{"reason": "FieldValueInvalid", "message": why, "field": field}]);
@@ -180,7 +229,7 @@ impl Status {
 
     /// 400 BadRequest.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        Status::new(400, "BadRequest", message)
+        Status::new(400, StatusReason::BadRequest, message)
     }
 
     /// The `metav1.Status` body.
@@ -191,7 +240,7 @@ impl Status {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
+            "reason": self.reason.as_str(),
             "code": self.code,
         });
         if let Some(d) = &self.details {

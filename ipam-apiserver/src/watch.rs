@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::read::{ListQuery, select};
 use super::{ApiServer, table};
-use crate::object::Status;
+use crate::object::{Status, StatusReason};
 use ipam_k8s::resource::ResourceDef;
 use ipam_k8s::with_kind;
 
@@ -36,7 +36,7 @@ pub(super) async fn watch<D: Datastore + 'static>(
     let Ok(permit) = api.watches.clone().try_acquire_owned() else {
         return Status::new(
             429,
-            "TooManyRequests",
+            StatusReason::TooManyRequests,
             "too many watches are open; try again later",
         )
         .into_response();

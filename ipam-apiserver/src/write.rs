@@ -6,16 +6,18 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use ipam_core::retry::{Conflicting, RetryError, retry_conflicts};
 use ipam_core::{Datastore, Kind, Resource, Revision, StoreError, Stored};
 use serde_json::{Value, json};
 
-use super::{ApiServer, json, resolve, store_status};
-use crate::object::{Incoming, Refusal, Status, from_object, to_object};
+use super::{Admission, ApiServer, json, resolve, store_status};
+use crate::admission::{Admit, Denied};
+use crate::object::{Incoming, Refusal, Status, StatusReason, from_object, to_object};
 use ipam_k8s::resource::{GROUP, labels_of, uid_of};
 use ipam_k8s::with_kind;
 
 /// Unconditional writes (no `resourceVersion` given) retry a conflict this many times.
-const UNCONDITIONAL_ATTEMPTS: usize = 16;
+const UNCONDITIONAL_ATTEMPTS: u32 = 16;
 
 fn parse_body(body: &Bytes) -> Result<Value, Status> {
     serde_json::from_slice(body)
@@ -79,6 +81,81 @@ fn incoming<R: Resource>(body: &Value, url_name: Option<&str>) -> Result<Incomin
     Ok(inc)
 }
 
+/// A write attempt's failure: a datastore error (conflicts are retried) or a refusal.
+enum Failure {
+    /// The datastore failed; a conflict may succeed on a fresh read.
+    Store(StoreError),
+    /// The request or the object was refused; retrying cannot help.
+    Refused(Status),
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure::Store(e)
+    }
+}
+
+impl From<Status> for Failure {
+    fn from(s: Status) -> Self {
+        Failure::Refused(s)
+    }
+}
+
+impl Conflicting for Failure {
+    fn is_conflict(&self) -> bool {
+        matches!(self, Failure::Store(e) if e.is_conflict())
+    }
+}
+
+impl Failure {
+    fn into_status(self, kind: Kind, name: &str) -> Status {
+        match self {
+            Failure::Store(e) => store_status(kind, name, e),
+            Failure::Refused(s) => s,
+        }
+    }
+}
+
+/// The Status for what [`retry_conflicts`] gave up with.
+fn gave_up(kind: Kind, name: &str, e: RetryError<Failure>) -> Status {
+    match e {
+        RetryError::Failed(f) | RetryError::Exhausted { last: f, .. } => f.into_status(kind, name),
+    }
+}
+
+/// Runs the admission rules of `R` on a write of `spec` over `name`.
+async fn admit<D: Datastore, R: Admit>(
+    api: &ApiServer<D>,
+    name: &str,
+    spec: &R,
+) -> Result<(), Failure> {
+    if api.options.admission == Admission::SchemaOnly {
+        return Ok(());
+    }
+    match R::admit_write(&api.store, name, spec).await {
+        Ok(()) => Ok(()),
+        Err(Denied::Store(e)) => Err(Failure::Store(e)),
+        Err(Denied::Invalid(field, why)) => Err(Status::invalid(R::KIND, name, field, &why).into()),
+    }
+}
+
+/// Runs the delete admission rules of `R` on `current`.
+async fn admit_removal<D: Datastore, R: Admit>(
+    api: &ApiServer<D>,
+    current: &Stored<R>,
+) -> Result<(), Failure> {
+    if api.options.admission == Admission::SchemaOnly {
+        return Ok(());
+    }
+    match R::admit_delete(&api.store, current).await {
+        Ok(()) => Ok(()),
+        Err(Denied::Store(e)) => Err(Failure::Store(e)),
+        Err(Denied::Invalid(field, why)) => {
+            Err(Status::invalid(R::KIND, &current.name, field, &why).into())
+        }
+    }
+}
+
 /// `POST .../{plural}`.
 pub(super) async fn create<D: Datastore + 'static>(
     State(api): State<Arc<ApiServer<D>>>,
@@ -93,68 +170,87 @@ pub(super) async fn create<D: Datastore + 'static>(
         Ok(b) => b,
         Err(s) => return s.into_response(),
     };
-    with_kind!(def.kind, R => {
-        let inc = match incoming::<R>(&body, None) {
-            Ok(i) => i,
-            Err(s) => return s.into_response(),
-        };
-        let name = inc.name.clone().unwrap_or_default();
-        if inc.resource_version.is_some() {
-            let why = "resourceVersion should not be set on objects to be created";
-            return Status::invalid(R::KIND, &name, "metadata.resourceVersion", why).into_response();
-        }
-        match api.store.create::<R>(&name, inc.spec.clone()).await {
-            Ok(revision) => {
-                api.born(R::KIND, &name);
-                let stored = Stored { name: name.clone(), revision, value: inc.spec };
-                json(StatusCode::CREATED, &to_object(&stored, &api.meta(R::KIND, &name)))
-            }
-            Err(e) => store_status(R::KIND, &name, e).into_response(),
-        }
+    with_kind!(def.kind, R => match create_typed::<D, R>(&api, &body).await {
+        Ok(obj) => json(StatusCode::CREATED, &obj),
+        Err(s) => s.into_response(),
     })
 }
 
+async fn create_typed<D: Datastore + 'static, R: Admit>(
+    api: &ApiServer<D>,
+    body: &Value,
+) -> Result<Value, Status> {
+    let inc = incoming::<R>(body, None)?;
+    let name = inc.name.clone().unwrap_or_default();
+    if inc.resource_version.is_some() {
+        let why = "resourceVersion should not be set on objects to be created";
+        return Err(Status::invalid(
+            R::KIND,
+            &name,
+            "metadata.resourceVersion",
+            why,
+        ));
+    }
+    // An existing name is AlreadyExists, whatever the admission rules would say of the spec.
+    if api.store.get::<R>(&name).await.is_ok() {
+        return Err(Status::already_exists(R::KIND, &name));
+    }
+    admit(api, &name, &inc.spec)
+        .await
+        .map_err(|f| f.into_status(R::KIND, &name))?;
+    let revision = api
+        .store
+        .create::<R>(&name, inc.spec.clone())
+        .await
+        .map_err(|e| store_status(R::KIND, &name, e))?;
+    api.born(R::KIND, &name);
+    let stored = Stored {
+        name: name.clone(),
+        revision,
+        value: inc.spec,
+    };
+    Ok(to_object(&stored, &api.meta(R::KIND, &name)))
+}
+
+/// One admitted compare-and-swap of `spec` over `name` at `revision`.
+async fn put_at<D: Datastore + 'static, R: Admit>(
+    api: &ApiServer<D>,
+    name: &str,
+    spec: R,
+    revision: &Revision,
+) -> Result<Value, Failure> {
+    admit(api, name, &spec).await?;
+    let revision = api.store.update::<R>(name, spec.clone(), revision).await?;
+    let stored = Stored {
+        name: name.to_owned(),
+        revision,
+        value: spec,
+    };
+    Ok(to_object(&stored, &api.meta(R::KIND, name)))
+}
+
 /// Writes `spec` over `name`: at `revision` if given, else at whatever revision is current.
-async fn put<D: Datastore + 'static, R: Resource>(
+async fn put<D: Datastore + 'static, R: Admit>(
     api: &ApiServer<D>,
     name: &str,
     spec: R,
     revision: Option<Revision>,
 ) -> Result<Value, Status> {
-    let err = |e: StoreError| store_status(R::KIND, name, e);
     if let Some(rev) = revision {
-        let revision = api
-            .store
-            .update::<R>(name, spec.clone(), &rev)
+        return put_at(api, name, spec, &rev)
             .await
-            .map_err(err)?;
-        let stored = Stored {
-            name: name.to_owned(),
-            revision,
-            value: spec,
+            .map_err(|f| f.into_status(R::KIND, name));
+    }
+    let spec = &spec;
+    retry_conflicts(UNCONDITIONAL_ATTEMPTS, (), |()| async move {
+        let attempt = async {
+            let current = api.store.get::<R>(name).await?;
+            put_at(api, name, spec.clone(), &current.revision).await
         };
-        return Ok(to_object(&stored, &api.meta(R::KIND, name)));
-    }
-    for _ in 0..UNCONDITIONAL_ATTEMPTS {
-        let current = api.store.get::<R>(name).await.map_err(err)?;
-        match api
-            .store
-            .update::<R>(name, spec.clone(), &current.revision)
-            .await
-        {
-            Ok(revision) => {
-                let stored = Stored {
-                    name: name.to_owned(),
-                    revision,
-                    value: spec,
-                };
-                return Ok(to_object(&stored, &api.meta(R::KIND, name)));
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(err(e)),
-        }
-    }
-    Err(store_status(R::KIND, name, StoreError::conflict::<R>(name)))
+        ((), attempt.await)
+    })
+    .await
+    .map_err(|e| gave_up(R::KIND, name, e))
 }
 
 /// `PUT .../{plural}/{name}`: a compare-and-swap on `metadata.resourceVersion` (409 when it
@@ -197,17 +293,8 @@ pub(super) async fn patch<D: Datastore + 'static>(
         Ok(d) => d,
         Err(s) => return s.into_response(),
     };
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .unwrap_or("")
-        .trim();
-    if media != "application/merge-patch+json" {
-        let msg = format!(
-            "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got {media:?})"
-        );
-        return Status::new(415, "UnsupportedMediaType", msg).into_response();
+    if let Err(s) = merge_patch_media(&headers) {
+        return s.into_response();
     }
     let patch = match parse_body(&body) {
         Ok(b) => b,
@@ -219,30 +306,51 @@ pub(super) async fn patch<D: Datastore + 'static>(
     })
 }
 
-async fn patch_typed<D: Datastore + 'static, R: Resource>(
+/// Refuses a patch in any format but JSON merge patch (415).
+fn merge_patch_media(headers: &HeaderMap) -> Result<(), Status> {
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim();
+    if media == "application/merge-patch+json" {
+        return Ok(());
+    }
+    let msg = format!(
+        "the body of the request was in an unknown format - accepted media types include: application/merge-patch+json (got {media:?})"
+    );
+    Err(Status::new(415, StatusReason::UnsupportedMediaType, msg))
+}
+
+async fn patch_typed<D: Datastore + 'static, R: Admit>(
     api: &ApiServer<D>,
     name: &str,
     patch: &Value,
 ) -> Result<Value, Status> {
     let pinned = patch["metadata"]["resourceVersion"]
         .as_str()
-        .map(str::to_owned);
-    for _ in 0..UNCONDITIONAL_ATTEMPTS {
-        let current = api
-            .store
-            .get::<R>(name)
-            .await
-            .map_err(|e| store_status(R::KIND, name, e))?;
-        let mut obj = to_object(&current, &api.meta(R::KIND, name));
-        merge_patch(&mut obj, patch);
-        let inc = incoming::<R>(&obj, Some(name))?;
-        let rev = Revision(pinned.clone().unwrap_or(current.revision.0));
-        match put::<D, R>(api, name, inc.spec, Some(rev)).await {
-            Err(s) if s.reason == "Conflict" && pinned.is_none() => continue,
-            done => return done,
-        }
-    }
-    Err(store_status(R::KIND, name, StoreError::conflict::<R>(name)))
+        .map(|s| Revision(s.to_owned()));
+    // A pinned revision is a precondition: one attempt, its conflict answered as is.
+    let limit = if pinned.is_some() {
+        1
+    } else {
+        UNCONDITIONAL_ATTEMPTS
+    };
+    let pinned = &pinned;
+    retry_conflicts(limit, (), |()| async move {
+        let attempt = async {
+            let current = api.store.get::<R>(name).await?;
+            let mut obj = to_object(&current, &api.meta(R::KIND, name));
+            merge_patch(&mut obj, patch);
+            let inc = incoming::<R>(&obj, Some(name))?;
+            let rev = pinned.as_ref().unwrap_or(&current.revision);
+            put_at(api, name, inc.spec, rev).await
+        };
+        ((), attempt.await)
+    })
+    .await
+    .map_err(|e| gave_up(R::KIND, name, e))
 }
 
 /// RFC 7386 JSON merge patch.
@@ -303,45 +411,66 @@ pub(super) async fn delete<D: Datastore + 'static>(
     })
 }
 
-async fn delete_typed<D: Datastore + 'static, R: Resource>(
+async fn delete_typed<D: Datastore + 'static, R: Admit>(
     api: &ApiServer<D>,
     name: &str,
     precondition: Option<Revision>,
 ) -> Result<Value, Status> {
     let kind = R::KIND;
-    let err = |e: StoreError| store_status(kind, name, e);
     if let Some(rev) = precondition {
-        return match api.store.delete::<R>(name, &rev).await {
-            Ok(()) => {
-                api.forget(kind, name);
-                Ok(success(kind, name))
-            }
-            Err(StoreError::Conflict { .. }) => {
-                let now = match api.store.get::<R>(name).await {
-                    Ok(s) => s.revision.0,
-                    Err(_) => "(soft-deleted)".to_owned(),
-                };
-                let why = format!(
-                    "Precondition failed: ResourceVersion in precondition: {rev}, ResourceVersion in object meta: {now}"
-                );
-                Err(Status::conflict(kind, name, &why))
-            }
-            Err(e) => Err(err(e)),
-        };
+        return delete_at::<D, R>(api, name, rev).await;
     }
-    for _ in 0..UNCONDITIONAL_ATTEMPTS {
-        let current = api.store.get::<R>(name).await.map_err(err)?;
-        match api.store.delete::<R>(name, &current.revision).await {
-            Ok(()) => {
-                let obj = to_object(&current, &api.meta(kind, name));
-                api.forget(kind, name);
-                return Ok(obj);
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(e) => return Err(err(e)),
+    let removed = retry_conflicts(UNCONDITIONAL_ATTEMPTS, (), |()| async move {
+        let attempt = async {
+            let current = api.store.get::<R>(name).await?;
+            admit_removal(api, &current).await?;
+            api.store.delete::<R>(name, &current.revision).await?;
+            Ok::<_, Failure>(current)
+        };
+        ((), attempt.await)
+    })
+    .await
+    .map_err(|e| gave_up(kind, name, e))?;
+    let obj = to_object(&removed, &api.meta(kind, name));
+    api.forget(kind, name);
+    Ok(obj)
+}
+
+/// A delete under a `resourceVersion` precondition: one attempt, a mismatch answered 409.
+async fn delete_at<D: Datastore + 'static, R: Admit>(
+    api: &ApiServer<D>,
+    name: &str,
+    rev: Revision,
+) -> Result<Value, Status> {
+    let kind = R::KIND;
+    // Only the allocator's rules need the object first; an object the read cannot see (soft
+    // deleted, gone) is left to the delete itself to answer, as without admission.
+    if api.options.admission == Admission::Allocator {
+        match api.store.get::<R>(name).await {
+            Ok(current) => admit_removal(api, &current)
+                .await
+                .map_err(|f| f.into_status(kind, name))?,
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(store_status(kind, name, e)),
         }
     }
-    Err(err(StoreError::conflict::<R>(name)))
+    match api.store.delete::<R>(name, &rev).await {
+        Ok(()) => {
+            api.forget(kind, name);
+            Ok(success(kind, name))
+        }
+        Err(StoreError::Conflict { .. }) => {
+            let now = match api.store.get::<R>(name).await {
+                Ok(s) => s.revision.0,
+                Err(_) => "(soft-deleted)".to_owned(),
+            };
+            let why = format!(
+                "Precondition failed: ResourceVersion in precondition: {rev}, ResourceVersion in object meta: {now}"
+            );
+            Err(Status::conflict(kind, name, &why))
+        }
+        Err(e) => Err(store_status(kind, name, e)),
+    }
 }
 
 /// The `Status` kube-apiserver answers a delete with when it does not return the object.

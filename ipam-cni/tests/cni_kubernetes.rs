@@ -118,9 +118,13 @@ fn kubectl_sees(kubeconfig: &std::path::Path, addresses: &BTreeSet<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plugins_on_several_nodes_share_nothing_through_the_kubernetes_api() {
-    let server = Running::start("127.0.0.1:0", MemoryStore::new(), ServeOptions::default())
-        .await
-        .unwrap();
+    let server = Running::start(
+        "127.0.0.1:0",
+        MemoryStore::new(),
+        ServeOptions::writable_for_tests(),
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = kubeconfig(dir.path(), &server.url());
     // The cluster's pool, created through the API as an operator would.

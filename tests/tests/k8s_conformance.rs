@@ -14,7 +14,7 @@ use ipam_k8s::KubeStore;
 
 /// A server over `backend` on a loopback ephemeral port and a `KubeStore` talking to it.
 pub async fn over<D: ipam_core::Datastore + 'static>(backend: D) -> (KubeStore, Running) {
-    let server = Running::start("127.0.0.1:0", backend, ServeOptions::default())
+    let server = Running::start("127.0.0.1:0", backend, ServeOptions::writable_for_tests())
         .await
         .expect("start the API server on 127.0.0.1");
     let store = KubeStore::for_url(&server.url()).expect("a client for the local server");

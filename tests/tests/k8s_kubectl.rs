@@ -89,9 +89,13 @@ fn header(out: &str) -> Vec<String> {
 
 /// A server holding what `Ipam<KubeStore>` made: a pool, a node's block and two handles.
 async fn populated() -> (Running, Ipam<KubeStore>) {
-    let server = Running::start("127.0.0.1:0", MemoryStore::new(), ServeOptions::default())
-        .await
-        .unwrap();
+    let server = Running::start(
+        "127.0.0.1:0",
+        MemoryStore::new(),
+        ServeOptions::writable_for_tests(),
+    )
+    .await
+    .unwrap();
     let ipam = Ipam::new(
         KubeStore::for_url(&server.url()).unwrap(),
         ipam_core::SystemClock,

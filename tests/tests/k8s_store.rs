@@ -19,9 +19,13 @@ use ipam_k8s::KubeStore;
 use tokio::sync::Semaphore;
 
 async fn server() -> Running {
-    Running::start("127.0.0.1:0", MemoryStore::new(), ServeOptions::default())
-        .await
-        .expect("start the API server on 127.0.0.1")
+    Running::start(
+        "127.0.0.1:0",
+        MemoryStore::new(),
+        ServeOptions::writable_for_tests(),
+    )
+    .await
+    .expect("start the API server on 127.0.0.1")
 }
 
 fn client(server: &Running) -> KubeStore {

@@ -2,6 +2,8 @@
 //! library, and the built `ipamctl` binary run against it.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod server;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
