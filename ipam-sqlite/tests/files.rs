@@ -1,5 +1,6 @@
 //! Who can reach the database files: modes past the umask, symlinks and foreign folders
 //! refused, and an unprivileged user locked out (run as a real uid 65534 process).
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
