@@ -87,9 +87,10 @@ fn a_symlink_at_the_database_path_is_refused() {
         private_dir(&dir);
         let link = dir.join(planted);
         symlink(&target, &link).unwrap();
-        let err = SqliteStore::open_with(dir.join("ipam.db"), &Access::default())
-            .err()
-            .expect("a symlink must be refused");
+        let err = refused(
+            SqliteStore::open_with(dir.join("ipam.db"), &Access::default()),
+            "a symlink must be refused",
+        );
         assert!(
             matches!(&err, Error::UnsafePath { path, problem: Unsafe::Symlink } if *path == link),
             "{err:?}"
@@ -108,9 +109,10 @@ fn a_world_writable_or_foreign_folder_is_refused() {
     let open = tmp.path().join("open");
     std::fs::create_dir(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let err = SqliteStore::open_with(open.join("ipam.db"), &Access::default())
-        .err()
-        .expect("a world-writable folder must be refused");
+    let err = refused(
+        SqliteStore::open_with(open.join("ipam.db"), &Access::default()),
+        "a world-writable folder must be refused",
+    );
     assert!(
         matches!(&err, Error::UnsafePath { path, problem: Unsafe::Writable { mode: 0o777 } } if *path == open),
         "{err:?}"
@@ -121,9 +123,10 @@ fn a_world_writable_or_foreign_folder_is_refused() {
     let foreign = tmp.path().join("foreign");
     private_dir(&foreign);
     std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).unwrap();
-    let err = SqliteStore::open_with(foreign.join("ipam.db"), &Access::default())
-        .err()
-        .expect("a foreign folder must be refused");
+    let err = refused(
+        SqliteStore::open_with(foreign.join("ipam.db"), &Access::default()),
+        "a foreign folder must be refused",
+    );
     assert!(
         matches!(
             &err,
@@ -155,6 +158,14 @@ fn an_unprivileged_user_cannot_read_the_database() {
     );
     for file in [db.clone(), side(&db, "-wal"), side(&db, "-shm")] {
         assert!(!as_nobody(&["cat", file.to_str().unwrap()]), "{file:?}");
+    }
+}
+
+/// The error of an open that must fail.
+fn refused(opened: Result<SqliteStore, Error>, why: &str) -> Error {
+    match opened {
+        Ok(_) => panic!("{why}"),
+        Err(e) => e,
     }
 }
 
