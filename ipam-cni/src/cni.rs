@@ -19,6 +19,7 @@
 
 pub mod config;
 pub mod error;
+pub mod etcd_config;
 pub mod gc;
 pub mod hostlocal;
 pub mod lock;

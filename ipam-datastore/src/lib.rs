@@ -39,6 +39,18 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The etcd password file could not be read (its content is never shown).
+    #[error("cannot read the etcd password file {path:?}")]
+    PasswordFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An etcd user name was given without a password file, or a password file without one.
+    #[error("an etcd user name and a password file must be given together")]
+    IncompleteCredentials,
     /// The embedded store could not be opened.
     #[error(transparent)]
     Sqlite(#[from] ipam_sqlite::Error),
@@ -62,12 +74,56 @@ pub enum DatastoreSpec {
     Etcd {
         /// Client URLs, at least one.
         endpoints: Vec<String>,
+        /// TLS files and credentials (none by default).
+        security: EtcdSecurity,
     },
     /// Kubernetes CRDs, through this kubeconfig (or the in-cluster / default one).
     Kubernetes {
         /// The kubeconfig file, if named.
         kubeconfig: Option<PathBuf>,
     },
+}
+
+/// How to authenticate to etcd: Calico's `etcd_ca_cert_file`, `etcd_cert_file`,
+/// `etcd_key_file`, plus a user name and a file holding the password (a password is never
+/// taken inline, so it stays out of configs, command lines and `Debug` output).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdSecurity {
+    /// PEM file of the CA that signed etcd's server certificates.
+    pub ca_cert_file: Option<PathBuf>,
+    /// PEM file of this client's certificate (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM file of this client's private key (with `cert_file`).
+    pub key_file: Option<PathBuf>,
+    /// etcd user name (with `password_file`).
+    pub username: Option<String>,
+    /// File whose content (one trailing newline dropped) is the user's password.
+    pub password_file: Option<PathBuf>,
+}
+
+impl EtcdSecurity {
+    /// The connection settings for `endpoints` with these files, reading the password file.
+    pub fn config(&self, endpoints: &[String]) -> Result<ipam_etcd::EtcdConfig> {
+        let mut config = ipam_etcd::EtcdConfig::new(endpoints.iter().cloned());
+        config.ca_cert_file = self.ca_cert_file.clone();
+        config.cert_file = self.cert_file.clone();
+        config.key_file = self.key_file.clone();
+        match (&self.username, &self.password_file) {
+            (None, None) => {}
+            (Some(user), Some(file)) => {
+                let text = std::fs::read_to_string(file).map_err(|source| Error::PasswordFile {
+                    path: file.clone(),
+                    source,
+                })?;
+                let password = text.strip_suffix('\n').unwrap_or(&text);
+                let password = password.strip_suffix('\r').unwrap_or(password);
+                config = config.with_credentials(user.clone(), password.to_owned());
+            }
+            _ => return Err(Error::IncompleteCredentials),
+        }
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 /// An operation to run on whichever datastore was chosen (see [`with_store`]).
@@ -139,7 +195,7 @@ impl FromStr for DatastoreSpec {
 
     fn from_str(spec: &str) -> Result<Self> {
         let invalid = |reason: &str| Error::InvalidSpec {
-            spec: spec.to_owned(),
+            spec: ipam_etcd::EtcdConfig::redact_endpoint(spec),
             reason: reason.to_owned(),
         };
         let (kind, rest) = match spec.split_once(':') {
@@ -160,7 +216,13 @@ impl FromStr for DatastoreSpec {
                 if endpoints.is_empty() {
                     return Err(invalid("etcdv3: needs at least one endpoint URL"));
                 }
-                Ok(DatastoreSpec::Etcd { endpoints })
+                // Checked here already so that the spec (which is shown) never holds a
+                // password; the error names the endpoint with it redacted.
+                ipam_etcd::EtcdConfig::new(endpoints.iter().cloned()).validate()?;
+                Ok(DatastoreSpec::Etcd {
+                    endpoints,
+                    security: EtcdSecurity::default(),
+                })
             }
             ("etcdv3" | "etcd", None) => Err(invalid("etcdv3 needs endpoint URLs")),
             ("kubernetes" | "k8s", rest) => Ok(DatastoreSpec::Kubernetes {
@@ -175,7 +237,9 @@ impl fmt::Display for DatastoreSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DatastoreSpec::Sqlite(path) => write!(f, "sqlite:{}", path.display()),
-            DatastoreSpec::Etcd { endpoints } => write!(f, "etcdv3:{}", endpoints.join(",")),
+            DatastoreSpec::Etcd { endpoints, .. } => {
+                write!(f, "etcdv3:{}", endpoints.join(","))
+            }
             DatastoreSpec::Kubernetes { kubeconfig: None } => f.write_str("kubernetes"),
             DatastoreSpec::Kubernetes {
                 kubeconfig: Some(path),
@@ -190,9 +254,11 @@ impl fmt::Display for DatastoreSpec {
 pub async fn with_store<O: StoreOp>(spec: &DatastoreSpec, op: O) -> Result<O::Output> {
     match spec {
         DatastoreSpec::Sqlite(path) => Ok(op.run(SqliteStore::open(path)?).await),
-        DatastoreSpec::Etcd { endpoints } => {
-            let store =
-                ipam_etcd::EtcdStore::connect(ipam_etcd::EtcdConfig::new(endpoints.clone()));
+        DatastoreSpec::Etcd {
+            endpoints,
+            security,
+        } => {
+            let store = ipam_etcd::EtcdStore::connect(security.config(endpoints)?);
             Ok(op.run(store.await?).await)
         }
         DatastoreSpec::Kubernetes { kubeconfig } => {
@@ -217,7 +283,8 @@ mod tests {
         assert_eq!(
             p("etcdv3:http://a:2379, http://b:2379").unwrap(),
             DatastoreSpec::Etcd {
-                endpoints: vec!["http://a:2379".into(), "http://b:2379".into()]
+                endpoints: vec!["http://a:2379".into(), "http://b:2379".into()],
+                security: EtcdSecurity::default(),
             }
         );
         assert_eq!(
@@ -236,6 +303,48 @@ mod tests {
                 "{bad:?} parsed"
             );
         }
+    }
+
+    #[test]
+    fn etcd_secrets_stay_out_of_specs_and_errors() {
+        let err = "etcdv3:http://root:pw-XYZ@10.0.0.1:2379".parse::<DatastoreSpec>();
+        let text = format!("{err:?} {}", err.as_ref().unwrap_err());
+        assert!(
+            !text.contains("pw-XYZ") && text.contains("credentials"),
+            "{text}"
+        );
+        let err = "mysql://root:pw-XYZ@h"
+            .parse::<DatastoreSpec>()
+            .unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("pw-XYZ"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "pw-XYZ\n").unwrap();
+        let security = EtcdSecurity {
+            username: Some("root".into()),
+            password_file: Some(file),
+            ..EtcdSecurity::default()
+        };
+        let config = security.config(&["http://127.0.0.1:2379".into()]).unwrap();
+        assert_eq!(config.credentials, Some(("root".into(), "pw-XYZ".into())));
+        assert!(!format!("{config:?} {security:?}").contains("pw-XYZ"));
+        let half = EtcdSecurity {
+            username: Some("root".into()),
+            ..EtcdSecurity::default()
+        };
+        let endpoints = ["http://127.0.0.1:2379".to_owned()];
+        assert!(matches!(
+            half.config(&endpoints),
+            Err(Error::IncompleteCredentials)
+        ));
+        let missing = EtcdSecurity {
+            password_file: Some(dir.path().join("absent")),
+            ..security
+        };
+        assert!(matches!(
+            missing.config(&endpoints),
+            Err(Error::PasswordFile { .. })
+        ));
     }
 
     #[test]

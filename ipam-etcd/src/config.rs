@@ -7,14 +7,16 @@ use crate::error::{Error, Result};
 use crate::keys::DEFAULT_PREFIX;
 
 /// Connection settings for an [`EtcdStore`](crate::EtcdStore).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Its `Debug` shows the user name but never the password.
+#[derive(Clone, PartialEq, Eq)]
 pub struct EtcdConfig {
     /// Client URLs (`http://10.0.0.1:2379`); `https://` ones need the TLS files below or
     /// use the system's defaults.
     pub endpoints: Vec<String>,
     /// Every key this store writes starts with this prefix.
     pub prefix: String,
-    /// User name and password for etcd's authentication, if it is enabled.
+    /// User name and password for etcd's authentication, if it is enabled. Give them here,
+    /// never in an endpoint URL (`http://user:pass@host` is refused).
     pub credentials: Option<(String, String)>,
     /// PEM file of the CA that signed the servers' certificates.
     pub ca_cert_file: Option<PathBuf>,
@@ -69,6 +71,11 @@ impl EtcdConfig {
         Ok(config)
     }
 
+    /// `endpoint` with any `user:password@` before the host replaced, so it can be shown.
+    pub fn redact_endpoint(endpoint: &str) -> String {
+        redact_userinfo(endpoint)
+    }
+
     /// Sets the key prefix.
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -102,9 +109,16 @@ impl EtcdConfig {
             let rest = e
                 .strip_prefix("http://")
                 .or_else(|| e.strip_prefix("https://"));
+            let authority = rest.map(|r| r.split('/').next().unwrap_or_default());
+            if authority.is_some_and(|a| a.contains('@')) {
+                // Credentials in a URL end up in logs and error messages: refuse, redacted.
+                return Err(Error::CredentialsInEndpoint {
+                    endpoint: redact_userinfo(e),
+                });
+            }
             if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
                 return Err(Error::InvalidEndpoint {
-                    endpoint: e.clone(),
+                    endpoint: redact_userinfo(e),
                 });
             }
         }
@@ -125,6 +139,44 @@ impl EtcdConfig {
     /// Whether any TLS setting is given.
     pub fn uses_tls(&self) -> bool {
         self.ca_cert_file.is_some() || self.cert_file.is_some()
+    }
+}
+
+impl std::fmt::Debug for EtcdConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let user = self.credentials.as_ref().map(|(user, _)| user);
+        f.debug_struct("EtcdConfig")
+            .field(
+                "endpoints",
+                &self
+                    .endpoints
+                    .iter()
+                    .map(|e| redact_userinfo(e))
+                    .collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.prefix)
+            .field("user", &user)
+            .field("password", &self.credentials.as_ref().map(|_| "<redacted>"))
+            .field("ca_cert_file", &self.ca_cert_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+/// `endpoint` with any `user:password@` before the host replaced by `<redacted>@`, so that
+/// it can be shown.
+pub(crate) fn redact_userinfo(endpoint: &str) -> String {
+    let (scheme, rest) = match endpoint.find("://") {
+        Some(i) => endpoint.split_at(i + 3),
+        None => ("", endpoint),
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}<redacted>{}", &rest[at..]),
+        None => endpoint.to_owned(),
     }
 }
 
@@ -156,5 +208,34 @@ mod tests {
                 .validate(),
             Err(Error::ZeroTimeout)
         ));
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug_and_errors() {
+        let c = EtcdConfig::new(["https://10.0.0.1:2379"]).with_credentials("root", "s3cr3t-pw");
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("s3cr3t-pw") && shown.contains("root"),
+            "{shown}"
+        );
+        assert!(shown.contains("<redacted>"), "{shown}");
+        for url in [
+            "http://root:s3cr3t-pw@10.0.0.1:2379",
+            "etcd://root:s3cr3t-pw@x",
+            "http://root:s3cr3t-pw@",
+        ] {
+            let err = EtcdConfig::from_endpoint_list(url).unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("s3cr3t-pw"), "{text}");
+        }
+        assert!(matches!(
+            EtcdConfig::from_endpoint_list("http://u:p@10.0.0.1:2379"),
+            Err(Error::CredentialsInEndpoint { .. })
+        ));
+        assert_eq!(
+            redact_userinfo("http://u:p@h:1/x@y"),
+            "http://<redacted>@h:1/x@y"
+        );
+        assert_eq!(redact_userinfo("http://h:1"), "http://h:1");
     }
 }

@@ -17,6 +17,15 @@ pub enum Error {
         /// The endpoint as given.
         endpoint: String,
     },
+    /// An endpoint URL carries a user name or password; they belong in the credentials,
+    /// where they are kept out of logs. The endpoint is shown with them redacted.
+    #[error(
+        "etcd endpoint {endpoint:?} carries credentials; give them as the etcd username and password file instead"
+    )]
+    CredentialsInEndpoint {
+        /// The endpoint, credentials redacted.
+        endpoint: String,
+    },
     /// A client certificate was given without its key, or a key without its certificate.
     #[error("a client certificate and its key must be given together")]
     IncompleteIdentity,

@@ -39,12 +39,14 @@
 //! [`StoreError::Unavailable`]: ipam_core::StoreError::Unavailable
 //! [`Datastore::node_snapshot`]: ipam_core::Datastore::node_snapshot
 
+pub mod files;
 mod path;
 mod schema;
 pub mod store;
 
 use std::path::PathBuf;
 
+pub use files::{Access, GROUP_ENV};
 pub use path::{PATH_ENV, default_path};
 pub use schema::{BUSY_TIMEOUT, SCHEMA_VERSION, WAL_CHECKPOINT_PAGES};
 pub use store::SqliteStore;
@@ -61,6 +63,30 @@ pub enum Error {
         /// What the OS said.
         #[source]
         source: std::io::Error,
+    },
+    /// The folder or a file of the database is not safe to use; nothing was changed.
+    #[error("refusing the IPAM database path {path:?}: {problem}")]
+    UnsafePath {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        problem: files::Unsafe,
+    },
+    /// A database file could not be created or its mode set.
+    #[error("cannot create {path:?} for the IPAM database")]
+    CreateFile {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `IPAM_SQLITE_GROUP` names no group number or name in `/etc/group`.
+    #[error("{GROUP_ENV}={group:?} is not a group number or a group in /etc/group")]
+    UnknownGroup {
+        /// The value given.
+        group: String,
     },
     /// SQLite could not open (or create) the file.
     #[error("cannot open the IPAM database {path:?}")]

@@ -6,6 +6,7 @@ use std::time::Duration;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
+use crate::files::{self, Access};
 use crate::{Error, Result};
 
 /// The schema version this build reads and writes (`PRAGMA user_version`).
@@ -66,15 +67,12 @@ fn wait_for_lock(attempt: i32) -> bool {
 }
 
 /// Opens (creating if missing) and prepares the database at `path`.
-pub(crate) fn open(path: &Path) -> Result<Connection> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
+pub(crate) fn open(path: &Path, access: &Access) -> Result<Connection> {
+    files::prepare(path, access)?;
+    // NOFOLLOW again in SQLite itself: a symlink swapped in after the check is refused too.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NOFOLLOW
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|source| Error::Open {
         path: path.to_owned(),

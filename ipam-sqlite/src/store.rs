@@ -15,7 +15,7 @@ use ipam_core::{
 };
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Transaction, TransactionBehavior};
 
-use crate::{Result, schema};
+use crate::{Access, Result, schema};
 
 /// A [`Datastore`] kept in one SQLite database file.
 pub struct SqliteStore {
@@ -36,11 +36,18 @@ enum Expect<'a> {
 impl SqliteStore {
     /// Opens the database at `path`, creating the file and its folder if missing and
     /// migrating an older schema. Refuses (without modifying it) a file that is not a SQLite
-    /// database or that has a newer schema.
+    /// database or that has a newer schema, and (see [`Access`]) a folder others can write to
+    /// or do not own, or a database path that is a symlink. New folders are created 0700 and
+    /// files 0600, or 0750 and 0640 for the group `$IPAM_SQLITE_GROUP` names.
     pub fn open(path: impl AsRef<Path>) -> Result<SqliteStore> {
+        Self::open_with(path, &Access::from_env()?)
+    }
+
+    /// [`open`](Self::open) with explicit access instead of `$IPAM_SQLITE_GROUP`.
+    pub fn open_with(path: impl AsRef<Path>, access: &Access) -> Result<SqliteStore> {
         let path = path.as_ref();
         Ok(SqliteStore {
-            conn: Mutex::new(schema::open(path)?),
+            conn: Mutex::new(schema::open(path, access)?),
             counter: OpCounter::default(),
             path: path.to_owned(),
         })

@@ -97,6 +97,26 @@ pub struct Cli {
     /// Datastore to use: `sqlite:PATH` (default: the plugin's own database).
     #[arg(long, global = true, env = "IPAM_DATASTORE", value_name = "SPEC")]
     pub datastore: Option<String>,
+    /// etcd: PEM file of the CA that signed etcd's server certificates.
+    #[arg(long, global = true, env = "IPAM_ETCD_CA_CERT", value_name = "FILE")]
+    pub etcd_ca_cert: Option<std::path::PathBuf>,
+    /// etcd: PEM file of the client certificate (with `--etcd-key`).
+    #[arg(long, global = true, env = "IPAM_ETCD_CERT", value_name = "FILE")]
+    pub etcd_cert: Option<std::path::PathBuf>,
+    /// etcd: PEM file of the client's private key (with `--etcd-cert`).
+    #[arg(long, global = true, env = "IPAM_ETCD_KEY", value_name = "FILE")]
+    pub etcd_key: Option<std::path::PathBuf>,
+    /// etcd: user name (with `--etcd-password-file`).
+    #[arg(long, global = true, env = "IPAM_ETCD_USERNAME", value_name = "USER")]
+    pub etcd_username: Option<String>,
+    /// etcd: file holding the password (never given on the command line).
+    #[arg(
+        long,
+        global = true,
+        env = "IPAM_ETCD_PASSWORD_FILE",
+        value_name = "FILE"
+    )]
+    pub etcd_password_file: Option<std::path::PathBuf>,
     /// Output format.
     #[arg(
         short = 'o',
@@ -138,6 +158,30 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the CustomResourceDefinitions (apiextensions.k8s.io/v1) of the IPAM resources.
     Crds,
+}
+
+impl Cli {
+    /// `spec` with the `--etcd-*` flags applied when it names etcd.
+    pub fn with_etcd_flags(
+        &self,
+        spec: ipam_datastore::DatastoreSpec,
+    ) -> ipam_datastore::DatastoreSpec {
+        match spec {
+            ipam_datastore::DatastoreSpec::Etcd { endpoints, .. } => {
+                ipam_datastore::DatastoreSpec::Etcd {
+                    endpoints,
+                    security: ipam_datastore::EtcdSecurity {
+                        ca_cert_file: self.etcd_ca_cert.clone(),
+                        cert_file: self.etcd_cert.clone(),
+                        key_file: self.etcd_key.clone(),
+                        username: self.etcd_username.clone(),
+                        password_file: self.etcd_password_file.clone(),
+                    },
+                }
+            }
+            other => other,
+        }
+    }
 }
 
 /// Runs a parsed command on `store`, writing results to `out`; returns the exit status.

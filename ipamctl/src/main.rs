@@ -35,7 +35,7 @@ fn main() -> ExitCode {
     }
     // The flag also reads IPAM_DATASTORE (clap's `env`), so resolve needs no second look.
     let spec = match DatastoreSpec::resolve_from(cli.datastore.as_deref(), None) {
-        Ok(spec) => spec,
+        Ok(spec) => cli.with_etcd_flags(spec),
         Err(e) => return fail(&e.to_string()),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()

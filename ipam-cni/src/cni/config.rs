@@ -180,7 +180,7 @@ impl PluginConfig {
             assign_ipv6,
             ipv4_pools: pool_refs("ipam.ipv4_pools", &section.ipv4_pools, false)?,
             ipv6_pools: pool_refs("ipam.ipv6_pools", &section.ipv6_pools, true)?,
-            datastore: datastore(&top, db_path)?,
+            datastore: super::etcd_config::apply(datastore(&top, db_path)?, &conf.custom)?,
             nodename: top.nodename.filter(|n| !n.is_empty()),
             nodename_file: top.nodename_file,
             nodename_file_optional: top.nodename_file_optional,

@@ -90,16 +90,19 @@ impl HostLock {
     }
 }
 
-fn open(path: &Path) -> std::io::Result<File> {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
+/// Opens (creating it 0600, past the umask) the lock file without following a symlink, and
+/// refuses one owned by someone else: whoever can open the file can hold the lock and stall
+/// every ADD on the host for [`LOCK_WAIT`], so only its owner may.
+fn open(path: &Path) -> Result<File, ipam_sqlite::files::OpenError> {
+    ipam_sqlite::files::open_owned(path, true, 0o600)?
+        // The invariant: with `create` set, `open_owned` returns a file or an error.
+        .ok_or_else(|| ipam_sqlite::files::OpenError::Io(std::io::ErrorKind::NotFound.into()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn rt() -> tokio::runtime::Runtime {
@@ -144,5 +147,65 @@ mod tests {
             &log,
         ));
         assert!(!lock.is_held());
+    }
+
+    #[test]
+    fn a_planted_symlink_is_refused_and_its_target_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("precious");
+        std::fs::write(&target, b"keep").unwrap();
+        let path = dir.path().join("ipam-cni.lock");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let logfile = dir.path().join("log");
+        let log = Logger::new(super::super::log::Level::Warn, Some(&logfile));
+        let lock = rt().block_on(HostLock::acquire(Some(&path), LOCK_WAIT, &log));
+        assert!(!lock.is_held());
+        assert!(
+            std::fs::read_to_string(&logfile)
+                .unwrap()
+                .contains("symbolic link")
+        );
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+        let mode = std::fs::metadata(&target).unwrap().permissions();
+        assert_ne!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn the_lock_is_private_and_a_foreign_one_is_refused() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root: it runs a probe as uid 65534 and changes a file's owner"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        // Open the folder up: only the file's own mode may keep the probe out.
+        let open_mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(dir.path(), open_mode).unwrap();
+        let path = dir.path().join("ipam.db.lock");
+        let log = Logger::new(super::super::log::Level::Off, None);
+        let held = rt().block_on(HostLock::acquire(Some(&path), LOCK_WAIT, &log));
+        assert!(held.is_held());
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o600
+        );
+        drop(held);
+        // util-linux flock(1) opens the file and takes the lock: as uid 65534 it cannot.
+        let probe = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .args(["flock", "-n", "-E", "7"])
+            .arg(&path)
+            .arg("true")
+            .status()
+            .expect("setpriv and flock (util-linux) are needed for this test");
+        assert!(!probe.success(), "an unprivileged user took the lock");
+        std::os::unix::fs::chown(&path, Some(65534), Some(65534)).unwrap();
+        let foreign = rt().block_on(HostLock::acquire(Some(&path), LOCK_WAIT, &log));
+        assert!(
+            !foreign.is_held(),
+            "a lock file owned by another user was used"
+        );
     }
 }
