@@ -128,9 +128,7 @@ impl Parser<'_> {
     /// Parses one nesting level deeper, refusing past [`MAX_SELECTOR_NESTING`].
     fn nested(&mut self, parse: fn(&mut Self) -> Result<Selector>) -> Result<Selector> {
         if self.depth >= MAX_SELECTOR_NESTING {
-            return Err(self.error(&format!(
-                "nested deeper than {MAX_SELECTOR_NESTING} levels"
-            )));
+            return Err(self.error(&format!("nested deeper than {MAX_SELECTOR_NESTING} levels")));
         }
         self.depth += 1;
         let inner = parse(self);
@@ -330,16 +328,21 @@ mod tests {
     fn deep_or_long_text_is_refused_not_a_stack_overflow() {
         // Found by the `selector` fuzz target: each `!` or `(` was one more stack frame.
         let deep_not = "!".repeat(MAX_SELECTOR_NESTING + 1) + "all()";
-        let deep_parens = "(".repeat(MAX_SELECTOR_NESTING + 1)
-            + "all()"
-            + &")".repeat(MAX_SELECTOR_NESTING + 1);
+        let deep_parens =
+            "(".repeat(MAX_SELECTOR_NESTING + 1) + "all()" + &")".repeat(MAX_SELECTOR_NESTING + 1);
         let long = "a == 'b' || ".repeat(MAX_SELECTOR_BYTES / 12 + 1) + "all()";
         for text in [deep_not, deep_parens, long] {
             let err = Selector::parse(&text).expect_err("refused").to_string();
-            assert!(err.contains("nested deeper") || err.contains("over the limit"), "{err}");
+            assert!(
+                err.contains("nested deeper") || err.contains("over the limit"),
+                "{err}"
+            );
         }
         let at_limit = "!".repeat(MAX_SELECTOR_NESTING) + "all()";
         let parsed = Selector::parse(&at_limit).expect("at the limit");
-        assert_eq!(parsed.matches(&BTreeMap::new()), MAX_SELECTOR_NESTING % 2 == 0);
+        assert_eq!(
+            parsed.matches(&BTreeMap::new()),
+            MAX_SELECTOR_NESTING % 2 == 0
+        );
     }
 }

@@ -7,8 +7,11 @@ mod harness;
 
 use std::path::{Path, PathBuf};
 
+/// A harness function: whether it accepted the input.
+type Harness = fn(&[u8]) -> bool;
+
 /// Each target with the harness function its libFuzzer binary calls.
-const TARGETS: [(&str, fn(&[u8]) -> bool); 4] = [
+const TARGETS: [(&str, Harness); 4] = [
     ("cni_config", harness::cni_config),
     ("selector", harness::selector),
     ("block", harness::block),
@@ -22,8 +25,8 @@ fn fuzz_dir() -> PathBuf {
 /// The files of `fuzz/<kind>/<target>/`, sorted; a missing directory fails the test.
 fn inputs(kind: &str, target: &str) -> Vec<PathBuf> {
     let dir = fuzz_dir().join(kind).join(target);
-    let entries = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
+    let entries =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
     let mut files: Vec<PathBuf> = entries
         .map(|e| e.expect("directory entry").path())
         .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != ".gitkeep"))
