@@ -7,6 +7,14 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 
+/// The longest selector text accepted, in bytes. The parser and [`Selector::matches`]
+/// recurse once per operator, so unbounded text could exhaust the stack; real node
+/// selectors are a few dozen bytes.
+pub const MAX_SELECTOR_BYTES: usize = 4096;
+
+/// How deeply `!` and parentheses may nest, for the same reason.
+pub const MAX_SELECTOR_NESTING: usize = 32;
+
 /// A parsed selector.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Selector {
@@ -39,7 +47,17 @@ impl Selector {
     /// assert!(Selector::parse("zone = 'a'").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self> {
-        let mut p = Parser { text, pos: 0 };
+        let mut p = Parser {
+            text,
+            pos: 0,
+            depth: 0,
+        };
+        if text.len() > MAX_SELECTOR_BYTES {
+            return Err(p.error(&format!(
+                "the selector is {} bytes, over the limit of {MAX_SELECTOR_BYTES}",
+                text.len()
+            )));
+        }
         p.skip_ws();
         if p.at_end() {
             return Ok(Selector::All);
@@ -70,6 +88,8 @@ impl Selector {
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
+    /// How many `!` and `(` enclose the current position.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -91,10 +111,11 @@ impl Parser<'_> {
 
     fn unary(&mut self) -> Result<Selector> {
         if self.eat("!") {
-            return Ok(Selector::Not(Box::new(self.unary()?)));
+            let inner = self.nested(Self::unary)?;
+            return Ok(Selector::Not(Box::new(inner)));
         }
         if self.eat("(") {
-            let inner = self.or()?;
+            let inner = self.nested(Self::or)?;
             return if self.eat(")") {
                 Ok(inner)
             } else {
@@ -102,6 +123,17 @@ impl Parser<'_> {
             };
         }
         self.term()
+    }
+
+    /// Parses one nesting level deeper, refusing past [`MAX_SELECTOR_NESTING`].
+    fn nested(&mut self, parse: fn(&mut Self) -> Result<Selector>) -> Result<Selector> {
+        if self.depth >= MAX_SELECTOR_NESTING {
+            return Err(self.error(&format!("nested deeper than {MAX_SELECTOR_NESTING} levels")));
+        }
+        self.depth += 1;
+        let inner = parse(self);
+        self.depth -= 1;
+        inner
     }
 
     fn term(&mut self) -> Result<Selector> {
@@ -290,5 +322,27 @@ mod tests {
             assert!(Selector::parse(text).is_err(), "{text}");
         }
         assert!(Selector::parse("zone == 'é€'").is_ok());
+    }
+
+    #[test]
+    fn deep_or_long_text_is_refused_not_a_stack_overflow() {
+        // Found by the `selector` fuzz target: each `!` or `(` was one more stack frame.
+        let deep_not = "!".repeat(MAX_SELECTOR_NESTING + 1) + "all()";
+        let deep_parens =
+            "(".repeat(MAX_SELECTOR_NESTING + 1) + "all()" + &")".repeat(MAX_SELECTOR_NESTING + 1);
+        let long = "a == 'b' || ".repeat(MAX_SELECTOR_BYTES / 12 + 1) + "all()";
+        for text in [deep_not, deep_parens, long] {
+            let err = Selector::parse(&text).expect_err("refused").to_string();
+            assert!(
+                err.contains("nested deeper") || err.contains("over the limit"),
+                "{err}"
+            );
+        }
+        let at_limit = "!".repeat(MAX_SELECTOR_NESTING) + "all()";
+        let parsed = Selector::parse(&at_limit).expect("at the limit");
+        assert_eq!(
+            parsed.matches(&BTreeMap::new()),
+            MAX_SELECTOR_NESTING % 2 == 0
+        );
     }
 }
