@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
+
 use super::*;
+use crate::model::{ATTR_NAMESPACE, ATTR_POD, AffinityState, AllocationAttribute};
 use crate::{AutoAssignArgs, HandleId, Ipam, MemoryStore, NodeName};
 
 fn now() -> OffsetDateTime {
