@@ -18,7 +18,7 @@ use ipam_core::cidr::{ip_to_u128, u128_to_ip};
 use ipam_core::{
     AffinityState, AutoAssignArgs, BlockAffinity, BlockCidr, Datastore, Error, HandleId, IpPool,
     IpReservation, Ipam, IpamBlock, IpamConfig, ManualClock, NodeName, ReleaseOutcome,
-    ReleaseRequest, Revision, Scope,
+    ReleaseRequest, Revision, Scope, Stored,
 };
 use ipnet::IpNet;
 use proptest::prelude::*;
