@@ -1,10 +1,10 @@
-//! Operations on one block value: assign, release, cooldown, and the invariant check.
+//! Operations on one block value: assign, release, cooldown; its consistency rules are in
+//! [`problem`].
 //!
 //! These are plain `&mut self` methods with no IO. Each returns what it changed and bumps
 //! `sequenceNumber` once if it changed anything; the caller decides whether to write the
 //! block. The free list is a FIFO queue: assignment pops the head, release pushes the tail.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use time::OffsetDateTime;
@@ -13,6 +13,10 @@ use time::format_description::well_known::Rfc3339;
 use crate::cidr::BlockCidr;
 use crate::error::{Error, Result};
 use crate::model::{AllocationAttribute, IpamBlock};
+
+mod problem;
+
+pub use self::problem::BlockProblem;
 
 /// What happened to one address asked to be released.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -247,87 +251,19 @@ impl IpamBlock {
         }
     }
 
-    /// Checks the block's internal consistency; each problem is one sentence.
-    pub fn problems(&self) -> Vec<String> {
-        self.problems_by_severity()
-            .into_iter()
-            .map(|(_, p)| p)
-            .collect()
-    }
-
-    /// Refuses a block read from a store that assignment or release could not use safely:
-    /// a slot count that does not match the CIDR, a free ordinal outside the block or listed
-    /// twice or also allocated (it would be handed out twice), an allocation pointing past
-    /// `attributes`. Harmless untidiness (an unused attribute, a lost free ordinal) passes:
-    /// the next write tidies the first, and `ipamctl check` reports both.
+    /// Refuses a block read from a store that assignment or release could not use safely
+    /// (see [`BlockProblem::is_unsafe`]): a slot count that does not match the CIDR, a free
+    /// ordinal outside the block or listed twice or also allocated (it would be handed out
+    /// twice), an allocation pointing past `attributes`. Harmless untidiness passes.
     pub fn validate(&self) -> Result<()> {
-        match self
-            .problems_by_severity()
-            .into_iter()
-            .find(|(fatal, _)| *fatal)
-        {
-            Some((_, problem)) => Err(Error::CorruptObject {
+        match self.problems().into_iter().find(BlockProblem::is_unsafe) {
+            Some(problem) => Err(Error::CorruptObject {
                 kind: "IPAMBlock",
                 name: crate::cidr::cidr_to_name(&self.cidr),
-                problem,
+                problem: problem.to_string(),
             }),
             None => Ok(()),
         }
-    }
-
-    /// Every problem, each with whether it makes the block unsafe to use (`true`).
-    fn problems_by_severity(&self) -> Vec<(bool, String)> {
-        let mut problems = Vec::new();
-        let size = match self.block_cidr() {
-            Ok(c) => c.size() as usize,
-            Err(e) => return vec![(true, e.to_string())],
-        };
-        if self.allocations.len() != size {
-            problems.push((
-                true,
-                format!(
-                    "has {} allocation slots for {} addresses",
-                    self.allocations.len(),
-                    size
-                ),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for &o in &self.unallocated {
-            if o as usize >= size {
-                problems.push((true, format!("free ordinal {o} is outside the block")));
-            } else if !seen.insert(o) {
-                problems.push((true, format!("ordinal {o} is free twice")));
-            } else if self
-                .allocations
-                .get(o as usize)
-                .is_some_and(Option::is_some)
-            {
-                problems.push((true, format!("ordinal {o} is both free and allocated")));
-            }
-        }
-        let mut referenced = vec![false; self.attributes.len()];
-        for (o, a) in self.allocations.iter().enumerate() {
-            match a.map(|i| referenced.get_mut(i as usize).ok_or(i)) {
-                None if !seen.contains(&(o as u32)) => {
-                    problems.push((false, format!("ordinal {o} is neither free nor allocated")))
-                }
-                Some(Err(i)) => {
-                    problems.push((true, format!("ordinal {o} points at missing attribute {i}")))
-                }
-                Some(Ok(r)) => *r = true,
-                None => {}
-            }
-        }
-        for (i, r) in referenced.iter().enumerate() {
-            if !r {
-                problems.push((
-                    false,
-                    format!("attribute {i} is not used by any allocation"),
-                ));
-            }
-        }
-        problems
     }
 
     fn release_one(
@@ -535,7 +471,8 @@ mod tests {
         b.unallocated.push_back(0);
         b.unallocated.push_back(3);
         b.attributes.push(Arc::new(attr("orphan")));
-        let p = b.problems().join("; ");
+        let p: Vec<String> = b.problems().iter().map(ToString::to_string).collect();
+        let p = p.join("; ");
         assert!(p.contains("ordinal 0 is both free and allocated"), "{p}");
         assert!(p.contains("ordinal 3 is free twice"), "{p}");
         assert!(p.contains("attribute 1 is not used"), "{p}");

@@ -38,7 +38,7 @@ pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
-pub use block::{Cooldown, ReleaseOutcome};
+pub use block::{BlockProblem, Cooldown, ReleaseOutcome};
 pub use cidr::BlockCidr;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};

@@ -1,13 +1,13 @@
 //! Test helpers that are part of the public API, so every crate's tests can use them:
 //! a datastore wrapper that injects CAS conflicts, and the invariant checker.
 
-use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use time::OffsetDateTime;
+
+use crate::check::{self, Finding, Live, Snapshot};
 pub use crate::hooked::{Hooked, Hooks};
-use crate::model::{AffinityState, BlockAffinity, IpamBlock, IpamHandle};
-use crate::store::{Datastore, Kind, Op, Scope, StoreError};
+use crate::store::{Datastore, Kind, Op, StoreError};
 
 /// Wraps a store and fails a chosen fraction of CAS writes (updates, deletes and commits)
 /// with [`StoreError::Conflict`] before they reach it, as a racing writer would.
@@ -60,69 +60,18 @@ impl Hooks for InjectConflicts {
     }
 }
 
-/// Everything wrong with a store's IPAM state, one sentence each; empty when consistent.
+/// Every broken invariant in a store's IPAM state; empty when consistent.
 ///
-/// Checks every block's own arrays, that no address is held twice, that handle counts equal
-/// what the blocks hold, and that only blocks with a confirmed affinity carry an affinity
-/// (a pending claim owns nothing).
-pub async fn check_invariants<D: Datastore>(store: &D) -> Result<Vec<String>, StoreError> {
-    let blocks = store.list::<IpamBlock>(Scope::All).await?;
-    let handles = store.list::<IpamHandle>(Scope::All).await?;
-    let affinities = store.list::<BlockAffinity>(Scope::All).await?;
-    let mut problems = Vec::new();
-    let mut holders: HashMap<IpAddr, String> = HashMap::new();
-    let mut counted: HashMap<(String, String), u32> = HashMap::new();
-    for b in &blocks {
-        problems.extend(
-            b.value
-                .problems()
-                .into_iter()
-                .map(|p| format!("block {}: {p}", b.value.cidr)),
-        );
-        let Ok(cidr) = b.value.block_cidr() else {
-            continue;
-        };
-        for o in 0..cidr.size() {
-            let Some(a) = b.value.attribute_of(o) else {
-                continue;
-            };
-            let h = a.handle_id.clone().unwrap_or_default();
-            if let Some(prev) = holders.insert(cidr.addr(o), h.clone()) {
-                problems.push(format!("{} is held twice ({prev} and {h})", cidr.addr(o)));
-            }
-            if a.released_at.is_none() && a.handle_id.is_some() {
-                *counted.entry((h, cidr.to_string())).or_default() += 1;
-            }
-        }
-        if let Some(node) = b.value.host() {
-            let confirmed = affinities.iter().any(|a| {
-                a.value.cidr == b.value.cidr
-                    && a.value.node == node
-                    && a.value.state == AffinityState::Confirmed
-            });
-            if !confirmed && !b.value.is_empty() {
-                problems.push(format!(
-                    "block {} holds addresses for {node} without a confirmed affinity",
-                    b.value.cidr
-                ));
-            }
-        }
-    }
-    for h in &handles {
-        for (cidr, &n) in &h.value.block {
-            let actual = counted.remove(&(h.name.clone(), cidr.clone())).unwrap_or(0);
-            if actual != n {
-                problems.push(format!(
-                    "handle {} counts {n} in {cidr}, the block holds {actual}",
-                    h.name
-                ));
-            }
-        }
-    }
-    for ((h, cidr), n) in counted {
-        problems.push(format!(
-            "handle {h:?} holds {n} in {cidr} but its IPAMHandle does not say so"
-        ));
-    }
-    Ok(problems)
+/// The findings of [`check::check`] that [`Finding::breaks_invariant`]: no two blocks overlap
+/// and no address is held twice, every block's own arrays agree, handle counts equal what
+/// the blocks hold, and only a confirmed affinity lets a block hold addresses (a pending
+/// claim owns nothing). `Display` gives each one's sentence.
+pub async fn check_invariants<D: Datastore>(store: &D) -> Result<Vec<Finding>, StoreError> {
+    let snapshot = Snapshot::read(store).await?;
+    let report = check::check(&snapshot, &Live::default(), OffsetDateTime::now_utc());
+    Ok(report
+        .findings
+        .into_iter()
+        .filter(Finding::breaks_invariant)
+        .collect())
 }

@@ -18,7 +18,7 @@ use ipam_core::cidr::{ip_to_u128, u128_to_ip};
 use ipam_core::{
     AffinityState, AutoAssignArgs, BlockAffinity, BlockCidr, Datastore, Error, HandleId, IpPool,
     IpReservation, Ipam, IpamBlock, IpamConfig, ManualClock, NodeName, ReleaseOutcome,
-    ReleaseRequest, Revision, Scope,
+    ReleaseRequest, Revision, Scope, Stored,
 };
 use ipnet::IpNet;
 use proptest::prelude::*;
@@ -579,63 +579,49 @@ impl<D: Datastore + 'static> Harness<D> {
         ensure!(problems.is_empty(), "invariants: {problems:?}");
         let blocks = store.list::<IpamBlock>(Scope::All).await.map_err(str)?;
         let affinities = store.list::<BlockAffinity>(Scope::All).await.map_err(str)?;
-        let mut live = BTreeMap::new();
-        let mut stamped = BTreeSet::new();
+        let mut held = Held::default();
         for b in &blocks {
-            let c = b.value.block_cidr().map_err(str)?;
-            for o in 0..c.size() {
-                let Some(attr) = b.value.attribute_of(o) else {
-                    continue;
-                };
-                let a = c.addr(o);
-                ensure!(
-                    !self.model.reserved.contains(&a),
-                    "reserved {a} is allocated"
-                );
-                if attr.released_at.is_some() {
-                    stamped.insert(a);
-                } else {
-                    live.insert(a, attr.handle_id.clone().unwrap_or_default());
-                }
-            }
-            let all_reserved = (0..c.size()).all(|o| self.model.reserved.contains(&c.addr(o)));
-            ensure!(!all_reserved, "block {c} is fully reserved yet was claimed");
-            if let Some(host) = b.value.host() {
-                let confirmed = affinities.iter().any(|a| {
-                    a.value.cidr == c.net()
-                        && a.value.node == host
-                        && a.value.state == AffinityState::Confirmed
-                });
-                ensure!(
-                    confirmed,
-                    "block {c} names {host} without a confirmed affinity"
-                );
-            }
+            self.check_block(&b.value, &mut held)?;
             self.check_sequence(&b.name, &b.revision, b.value.sequence_number)?;
         }
-        for a in &affinities {
-            ensure!(
-                a.value.state == AffinityState::Confirmed,
-                "affinity {} is left {:?}",
-                a.name,
-                a.value.state
-            );
-            let owner = blocks
-                .iter()
-                .find(|b| b.value.cidr == a.value.cidr)
-                .and_then(|b| b.value.host());
-            ensure!(
-                owner == Some(a.value.node.as_str()),
-                "affinity {} but the block names {owner:?}",
-                a.name
-            );
-        }
+        check_affinities(&blocks, &affinities)?;
         ensure!(
-            live == self.model.held,
-            "store holds {live:?}\nmodel holds {:?}",
+            held.live == self.model.held,
+            "store holds {:?}\nmodel holds {:?}",
+            held.live,
             self.model.held
         );
-        for a in &stamped {
+        self.check_cooling(&held.stamped)?;
+        self.check_handles().await
+    }
+
+    /// One block against the reservations; collects what it holds into `held`.
+    fn check_block(&self, b: &IpamBlock, held: &mut Held) -> Step {
+        let c = b.block_cidr().map_err(str)?;
+        for o in 0..c.size() {
+            let Some(attr) = b.attribute_of(o) else {
+                continue;
+            };
+            let a = c.addr(o);
+            ensure!(
+                !self.model.reserved.contains(&a),
+                "reserved {a} is allocated"
+            );
+            if attr.released_at.is_some() {
+                held.stamped.insert(a);
+            } else {
+                held.live
+                    .insert(a, attr.handle_id.clone().unwrap_or_default());
+            }
+        }
+        let all_reserved = (0..c.size()).all(|o| self.model.reserved.contains(&c.addr(o)));
+        ensure!(!all_reserved, "block {c} is fully reserved yet was claimed");
+        Ok(())
+    }
+
+    /// Cooling-down addresses against the model's releases; forgets those folded back.
+    fn check_cooling(&mut self, stamped: &BTreeSet<IpAddr>) -> Step {
+        for a in stamped {
             ensure!(
                 self.model.cooling.contains_key(a),
                 "{a} is cooling down but was never released so"
@@ -653,7 +639,7 @@ impl<D: Datastore + 'static> Harness<D> {
         );
         // Entries the store has folded back into the free queue are ordinary free addresses.
         self.model.cooling.retain(|a, _| stamped.contains(a));
-        self.check_handles().await
+        Ok(())
     }
 
     /// A block's sequence number rises with every write and never repeats an earlier
@@ -697,6 +683,52 @@ impl<D: Datastore + 'static> Harness<D> {
         }
         Ok(())
     }
+}
+
+/// What the store's blocks hold: live addresses with their handles, and cooling-down ones.
+#[derive(Default)]
+struct Held {
+    live: BTreeMap<IpAddr, String>,
+    stamped: BTreeSet<IpAddr>,
+}
+
+/// Between model operations no claim is left half done: every host block, empty or not,
+/// has its confirmed affinity, and every affinity is confirmed and named by its block
+/// (the allocator's invariants allow more, after a crash).
+fn check_affinities(blocks: &[Stored<IpamBlock>], affinities: &[Stored<BlockAffinity>]) -> Step {
+    for b in blocks {
+        let Some(host) = b.value.host() else {
+            continue;
+        };
+        let confirmed = affinities.iter().any(|a| {
+            a.value.cidr == b.value.cidr
+                && a.value.node == host
+                && a.value.state == AffinityState::Confirmed
+        });
+        let c = b.value.cidr;
+        ensure!(
+            confirmed,
+            "block {c} names {host} without a confirmed affinity"
+        );
+    }
+    for a in affinities {
+        ensure!(
+            a.value.state == AffinityState::Confirmed,
+            "affinity {} is left {:?}",
+            a.name,
+            a.value.state
+        );
+        let owner = blocks
+            .iter()
+            .find(|b| b.value.cidr == a.value.cidr)
+            .and_then(|b| b.value.host());
+        ensure!(
+            owner == Some(a.value.node.as_str()),
+            "affinity {} but the block names {owner:?}",
+            a.name
+        );
+    }
+    Ok(())
 }
 
 fn str(e: impl std::fmt::Display) -> String {

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use ipam_core::check::Finding;
 use ipam_core::{Datastore, IpPool, Ipam, IpamBlock, Scope};
 
 const WORKERS: u32 = 4;
@@ -242,11 +243,16 @@ async fn check_store(server: &ipam_tests::etcd::EtcdServer, logs: &[Log]) {
         .await
         .expect("read the store");
     for p in &problems {
-        let over = parse_overcount(p);
-        assert!(
-            over.is_some_and(|(h, n, m)| n > m && unsure.contains(&h)),
-            "unexpected inconsistency: {p}"
-        );
+        let over = match p {
+            Finding::HandleCountMismatch {
+                handle,
+                recorded,
+                actual,
+                ..
+            } => recorded > actual && unsure.contains(handle),
+            _ => false,
+        };
+        assert!(over, "unexpected inconsistency: {p}");
     }
     eprintln!(
         "{} addresses held, {} reported; {} handle over-counts: {problems:?}",
@@ -254,13 +260,4 @@ async fn check_store(server: &ipam_tests::etcd::EtcdServer, logs: &[Log]) {
         got.len(),
         problems.len()
     );
-}
-
-/// `(handle, counted, held)` from "handle H counts N in C, the block holds M".
-fn parse_overcount(p: &str) -> Option<(String, u32, u32)> {
-    let rest = p.strip_prefix("handle ")?;
-    let (h, rest) = rest.split_once(" counts ")?;
-    let (n, rest) = rest.split_once(" in ")?;
-    let (_, m) = rest.split_once(", the block holds ")?;
-    Some((h.to_owned(), n.parse().ok()?, m.parse().ok()?))
 }

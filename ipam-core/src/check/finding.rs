@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::block::BlockProblem;
 use crate::model::AffinityState;
 
 /// One inconsistency.
@@ -35,8 +36,8 @@ pub enum Finding {
     BlockInconsistent {
         /// The block.
         block: IpNet,
-        /// What is wrong.
-        problem: String,
+        /// What is wrong (stored as its sentence).
+        problem: BlockProblem,
     },
     /// A handle's count for a block is not what the block holds for it.
     #[serde(rename_all = "camelCase")]
@@ -200,9 +201,36 @@ impl FindingKind {
     }
 }
 
+impl Finding {
+    /// Whether the finding breaks an invariant the allocator keeps after every operation,
+    /// even one cut short by a crash or a lost race: no two blocks overlap, no address is
+    /// held twice, a block's arrays agree, handle counts equal what the blocks hold, and a
+    /// block holds addresses only for a node whose affinity is confirmed (a pending claim
+    /// owns nothing). The other findings are states an interrupted claim or release, an
+    /// operator's change or the passing of time may leave, which `gc` and repairs tidy.
+    pub fn breaks_invariant(&self) -> bool {
+        match self {
+            Finding::OverlappingBlocks { .. }
+            | Finding::AddressHeldTwice { .. }
+            | Finding::BlockInconsistent { .. }
+            | Finding::HandleCountMismatch { .. } => true,
+            Finding::BlockWithoutAffinity { in_use, .. } => *in_use > 0,
+            Finding::AffinityWithoutBlock { .. }
+            | Finding::BlockOutsidePools { .. }
+            | Finding::CooldownExpired { .. }
+            | Finding::LeakedAllocation { .. }
+            | Finding::DeadNodeBlock { .. } => false,
+        }
+    }
+}
+
+/// An optional owner or attribute as reports print it (`-` for none).
+fn or_dash(o: &Option<String>) -> &str {
+    o.as_deref().unwrap_or("-")
+}
+
 impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let opt = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         match self {
             Finding::OverlappingBlocks { block, other } => {
                 write!(f, "block {block} overlaps block {other}")
@@ -212,7 +240,7 @@ impl fmt::Display for Finding {
                 blocks,
                 handles,
             } => {
-                let owners: Vec<String> = handles.iter().map(opt).collect();
+                let owners: Vec<&str> = handles.iter().map(or_dash).collect();
                 write!(f, "{ip} is held in {blocks:?} by {owners:?}")
             }
             Finding::BlockInconsistent { block, problem } => write!(f, "block {block}: {problem}"),
@@ -230,55 +258,18 @@ impl fmt::Display for Finding {
                 };
                 write!(
                     f,
-                    "handle {handle}{missing} records {recorded} in {block}, the block holds {actual}"
-                )
+                    "handle {handle}{missing} records {recorded} in {block}, "
+                )?;
+                write!(f, "the block holds {actual}")
             }
-            Finding::AffinityWithoutBlock {
-                affinity,
-                node,
-                block,
-                state,
-            } => write!(
-                f,
-                "affinity {affinity} ({state:?}) of {node} for {block}: no such block of {node}"
-            ),
-            Finding::BlockWithoutAffinity {
-                block,
-                node,
-                in_use,
-            } => write!(
-                f,
-                "block {block} says host:{node} ({in_use} in use) but no confirmed affinity backs it"
-            ),
+            Finding::AffinityWithoutBlock { .. } | Finding::BlockWithoutAffinity { .. } => {
+                fmt_ownership(self, f)
+            }
             Finding::BlockOutsidePools { block, in_use } => {
                 write!(f, "block {block} ({in_use} in use) is in no pool")
             }
-            Finding::CooldownExpired {
-                ip,
-                handle,
-                released_at,
-                ..
-            } => write!(
-                f,
-                "{ip} (was {}) released at {released_at} is past its cooldown",
-                opt(handle)
-            ),
-            Finding::LeakedAllocation {
-                ip,
-                handle,
-                sequence,
-                namespace,
-                pod,
-                ..
-            } => {
-                let seq = sequence.map_or_else(|| "-".into(), |s| s.to_string());
-                write!(
-                    f,
-                    "{ip} handle={} pod={}/{} seq={seq}",
-                    opt(handle),
-                    opt(namespace),
-                    opt(pod)
-                )
+            Finding::CooldownExpired { .. } | Finding::LeakedAllocation { .. } => {
+                fmt_unowned(self, f)
             }
             Finding::DeadNodeBlock {
                 block,
@@ -286,5 +277,60 @@ impl fmt::Display for Finding {
                 in_use,
             } => write!(f, "block {block} of node {node} ({in_use} in use)"),
         }
+    }
+}
+
+/// The findings about who owns a block: an affinity and a block that do not back each other.
+fn fmt_ownership(finding: &Finding, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match finding {
+        Finding::AffinityWithoutBlock {
+            affinity,
+            node,
+            block,
+            state,
+        } => write!(
+            f,
+            "affinity {affinity} ({state:?}) of {node} for {block}: no such block of {node}"
+        ),
+        Finding::BlockWithoutAffinity {
+            block,
+            node,
+            in_use,
+        } => write!(
+            f,
+            "block {block} says host:{node} ({in_use} in use) but no confirmed affinity backs it"
+        ),
+        // Display routes only the two findings above here.
+        other => write!(f, "{other:?}"),
+    }
+}
+
+/// The findings about an address held with no live owner: past its cooldown, or leaked.
+fn fmt_unowned(finding: &Finding, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match finding {
+        Finding::CooldownExpired {
+            ip,
+            handle,
+            released_at,
+            ..
+        } => write!(
+            f,
+            "{ip} (was {}) released at {released_at} is past its cooldown",
+            or_dash(handle)
+        ),
+        Finding::LeakedAllocation {
+            ip,
+            handle,
+            sequence,
+            namespace,
+            pod,
+            ..
+        } => {
+            let seq = sequence.map_or_else(|| "-".into(), |s| s.to_string());
+            let (handle, namespace, pod) = (or_dash(handle), or_dash(namespace), or_dash(pod));
+            write!(f, "{ip} handle={handle} pod={namespace}/{pod} seq={seq}")
+        }
+        // Display routes only the two findings above here.
+        other => write!(f, "{other:?}"),
     }
 }

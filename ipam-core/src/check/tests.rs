@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
+use ipnet::IpNet;
+
 use super::*;
+use crate::model::{ATTR_NAMESPACE, ATTR_POD, AffinityState, AllocationAttribute};
 use crate::{AutoAssignArgs, HandleId, Ipam, MemoryStore, NodeName};
 
 fn now() -> OffsetDateTime {
@@ -269,4 +272,71 @@ fn live_owners_match_handles_containers_and_pods() {
     assert!(!LiveOwners::can_judge(&attr(None, None)));
     assert!(LiveOwners::parse("/pod").is_err());
     assert!(LiveOwners::parse("a/b/c").is_err());
+}
+
+#[test]
+fn an_address_held_in_two_nested_blocks_inside_a_third_is_found() {
+    let mut s = healthy();
+    let outer = s.blocks[0].value.cidr;
+    // Two copies of the block, a /30 and a /31 inside it, both holding the block's first
+    // address, which the outer block itself no longer holds: a sweep pairing each block with
+    // the widest one containing it would miss this.
+    for (prefix, name) in [(30, "mid"), (31, "inner")] {
+        let mut b = s.blocks[0].clone();
+        b.name = name.into();
+        b.value.cidr = IpNet::new(outer.network(), prefix).unwrap().trunc();
+        b.value.affinity = None;
+        let size = 1usize << (32 - prefix);
+        b.value.allocations.truncate(size);
+        b.value.unallocated.retain(|&o| (o as usize) < size);
+        s.blocks.push(b);
+    }
+    s.blocks[0].value.allocations[0] = None;
+    s.blocks[0].value.unallocated.push_back(0);
+    let r = run(&s);
+    let pairs: Vec<Vec<IpNet>> = r
+        .of_kind(FindingKind::AddressHeldTwice)
+        .filter_map(|f| match f {
+            Finding::AddressHeldTwice { ip, blocks, .. } if *ip == outer.network() => {
+                Some(blocks.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    let nested = |prefix| IpNet::new(outer.network(), prefix).unwrap().trunc();
+    assert_eq!(
+        pairs,
+        vec![vec![nested(30), nested(31)]],
+        "{:#?}",
+        r.findings
+    );
+}
+
+#[test]
+fn only_what_breaks_an_invariant_counts_for_check_invariants() {
+    let mut s = healthy();
+    // A pending claim cut short, and an empty host block whose affinity went: legal.
+    let mut pending = s.affinities[0].clone();
+    pending.name = "pending".into();
+    pending.value.cidr = "10.9.9.0/26".parse().unwrap();
+    pending.value.state = AffinityState::Pending;
+    s.affinities.push(pending);
+    let r = run(&s);
+    assert!(
+        r.findings.iter().all(|f| !f.breaks_invariant()),
+        "{:#?}",
+        r.findings
+    );
+    assert_eq!(r.of_kind(FindingKind::AffinityWithoutBlock).count(), 1);
+    // A block that holds addresses without a confirmed affinity: broken.
+    s.affinities.retain(|a| a.value.node != "n1");
+    let r = run(&s);
+    let broken: Vec<_> = r.findings.iter().filter(|f| f.breaks_invariant()).collect();
+    assert!(
+        broken
+            .iter()
+            .all(|f| f.kind() == FindingKind::BlockWithoutAffinity),
+        "{broken:#?}"
+    );
+    assert!(!broken.is_empty(), "{:#?}", r.findings);
 }
