@@ -303,7 +303,9 @@ impl<D: Datastore> Ipam<D> {
     pub(crate) async fn delete_block(&self, mut b: Stored<IpamBlock>) -> Result<()> {
         b.value.deleted = true;
         b.value.sequence_number += 1;
+        let cidr = b.value.cidr;
         let rev = self.store.update(&b.name, b.value, &b.revision).await?;
+        self.free_blocks.mark_free(&cidr);
         ignore_gone(self.store.delete::<IpamBlock>(&b.name, &rev).await)
     }
 
@@ -319,46 +321,92 @@ impl<D: Datastore> Ipam<D> {
         held: &HashSet<IpNet>,
     ) -> Result<Option<Stored<IpamBlock>>> {
         let seed = fnv1a64(node.as_str().as_bytes());
-        let mut used: Option<HashSet<IpNet>> = None;
+        // Whether the hints were re-learnt from a list during this call: they are then fresh,
+        // so a block they call free is claimed without a probe first.
+        let mut listed = false;
         for pool in pools {
-            let size = pool.value.effective_block_size();
-            let n = blocks_in_pool(&pool.value.cidr, size);
-            let start = u128::from(seed) % n;
-            let stride = (u128::from(seed >> 17) | 1) % n.max(2);
-            let mut k = 0u128;
-            while k < n.min(
-                used.as_ref()
-                    .map_or(u128::MAX, |u| u.len() as u128 + 65_536),
-            ) {
-                if k == PROBES_BEFORE_LIST && used.is_none() {
-                    // The pool is filling up: one list of all blocks replaces a read per probe.
-                    let all = self.store.list::<IpamBlock>(Scope::All).await?;
-                    let taken = all
-                        .iter()
-                        .filter(|b| b.value.affinity.is_some() || !b.value.is_empty());
-                    used = Some(taken.map(|b| b.value.cidr).collect());
-                }
-                let block = nth_block(&pool.value.cidr, size, (start + k * stride) % n)?;
-                k += 1;
-                if held.contains(&block.net())
-                    || reservations.covers_all(&block.net())
-                    || used.as_ref().is_some_and(|u| u.contains(&block.net()))
-                {
-                    continue;
-                }
-                // Before the list, one read tells a taken block from a free one; a claim
-                // attempt on a taken block would cost four round trips to learn the same.
-                if used.is_none() && self.block_is_taken(&block).await? {
-                    continue;
-                }
-                match self.claim_block(node, block).await {
-                    Ok(b) => return Ok(Some(b)),
-                    Err(Error::BlockOwned { .. }) => {}
-                    Err(e) => return Err(e),
-                }
+            if let Some(b) = self
+                .claim_in_pool(node, pool, seed, reservations, held, &mut listed)
+                .await?
+            {
+                return Ok(Some(b));
             }
         }
         Ok(None)
+    }
+
+    /// One pool of [`Ipam::claim_free_block`]. The walk skips blocks the hints call taken;
+    /// if it ends empty-handed on hints not re-learnt in this call, they are re-learnt from
+    /// one list and the pool is walked once more, so a stale hint never hides a free block.
+    async fn claim_in_pool(
+        &self,
+        node: &NodeName,
+        pool: &Stored<IpPool>,
+        seed: u64,
+        reservations: &Reservations,
+        held: &HashSet<IpNet>,
+        listed: &mut bool,
+    ) -> Result<Option<Stored<IpamBlock>>> {
+        let size = pool.value.effective_block_size();
+        let n = blocks_in_pool(&pool.value.cidr, size);
+        let start = u128::from(seed) % n;
+        let stride = (u128::from(seed >> 17) | 1) % n.max(2);
+        let (mut k, mut missed) = (0u128, 0u128);
+        let mut passes_left = 2u8;
+        while passes_left > 0 {
+            // Bounded for huge (IPv6) pools: past every known-taken block plus 65,536 more.
+            if k >= n.min(self.free_blocks.len() as u128 + 65_536) {
+                passes_left -= 1;
+                if *listed || passes_left == 0 {
+                    break;
+                }
+                self.learn_taken_blocks().await?;
+                (*listed, k) = (true, 0);
+                continue;
+            }
+            if missed == PROBES_BEFORE_LIST && !*listed {
+                // The hints are stale (or empty): one list replaces a read per probe.
+                self.learn_taken_blocks().await?;
+                *listed = true;
+            }
+            let block = nth_block(&pool.value.cidr, size, (start + k * stride) % n)?;
+            k += 1;
+            let net = block.net();
+            if held.contains(&net)
+                || reservations.covers_all(&net)
+                || self.free_blocks.is_taken(&net)
+            {
+                continue;
+            }
+            // Before hints fresh from a list, one read tells a taken block from a free one; a
+            // claim attempt on a taken block would cost four round trips to learn the same.
+            if !*listed && self.block_is_taken(&block).await? {
+                self.free_blocks.mark_taken(net);
+                missed += 1;
+                continue;
+            }
+            match self.claim_block(node, block).await {
+                Ok(b) => {
+                    self.free_blocks.mark_taken(net);
+                    return Ok(Some(b));
+                }
+                Err(Error::BlockOwned { .. }) => self.free_blocks.mark_taken(net),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Re-learns the taken blocks from one list of every block.
+    async fn learn_taken_blocks(&self) -> Result<()> {
+        let all = self.store.list::<IpamBlock>(Scope::All).await?;
+        let taken = all
+            .iter()
+            .filter(|b| b.value.affinity.is_some() || !b.value.is_empty())
+            .map(|b| b.value.cidr)
+            .collect();
+        self.free_blocks.replace(taken);
+        Ok(())
     }
 }
 

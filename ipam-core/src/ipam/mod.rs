@@ -7,6 +7,7 @@
 pub(crate) mod admin;
 mod affinity;
 mod assign;
+mod free_blocks;
 mod handle;
 pub mod pools;
 mod release;
@@ -36,6 +37,8 @@ use crate::store::{Datastore, StoreError, Stored};
 pub struct Ipam<D> {
     store: D,
     clock: Arc<dyn Clock>,
+    /// Blocks this process has seen taken, so that claims skip them without a read.
+    free_blocks: free_blocks::FreeBlockHints,
 }
 
 /// Address family, for messages and pool filtering.
@@ -58,6 +61,7 @@ impl<D: Datastore> Ipam<D> {
         Ipam {
             store,
             clock: Arc::new(clock),
+            free_blocks: free_blocks::FreeBlockHints::default(),
         }
     }
 
