@@ -1,8 +1,8 @@
 //! A real kube-apiserver for tests: built from source by `scripts/build-peers`, started on a
 //! free loopback port over its own etcd, with token users, RBAC and the project's CRDs.
 //!
-//! [`KubeApiServer::start`] starts etcd (Debian's, or `KUBE_ETCD_BIN` / `ETCD_BIN`) on free
-//! loopback ports with a data directory in memory, then kube-apiserver on `127.0.0.1` with a
+//! [`KubeApiServer::start`] starts etcd (the one `build-peers` builds, 3.6: Debian's 3.4.23
+//! lacks RequestWatchProgress, so streaming-list watches fail on it) on free loopback ports with a data directory in memory, then kube-apiserver on `127.0.0.1` with a
 //! temporary certificate directory (it writes its own self-signed serving certificate and CA
 //! there), a service-account key made with `openssl`, a token file holding the users, and
 //! `--authorization-mode=Node,RBAC`. It waits for `/readyz` (at most
@@ -14,9 +14,9 @@
 //! rest, mostly its post-start hooks), so a test file starts one server and runs its checks
 //! on it one after another, clearing the IPAM objects between them (`delete_all_objects`).
 //!
-//! Binaries: `KUBE_APISERVER_BIN` and `KUBECTL_BIN`, else
-//! `${IPAM_PEERS_DIR:-/var/cache/ipam-rs/peers}/current/bin/{kube-apiserver,kubectl}`. A
-//! missing one is a failed test whose message says to run `scripts/build-peers`.
+//! Binaries: `KUBE_APISERVER_BIN`, `KUBECTL_BIN` and `KUBE_ETCD_BIN`, else
+//! `${IPAM_PEERS_DIR:-/var/cache/ipam-rs/peers}/current/bin/{kube-apiserver,kubectl,etcd}`.
+//! A missing one is a failed test whose message says to run `scripts/build-peers`.
 
 // A failed start is a failed test, which is what these helpers are for.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -95,8 +95,8 @@ pub fn peer_binary(env: &str, name: &str) -> PathBuf {
     };
     assert!(
         path.is_file(),
-        "no {name} at {} : run scripts/build-peers (it builds kube-apiserver and kubectl \
-         from tests/peers into ${{IPAM_PEERS_DIR:-/var/cache/ipam-rs/peers}}), or set {env}",
+        "no {name} at {} : run scripts/build-peers (it builds kube-apiserver, kubectl and \
+         etcd from tests/peers into ${{IPAM_PEERS_DIR:-/var/cache/ipam-rs/peers}}), or set {env}",
         path.display()
     );
     path
@@ -115,13 +115,6 @@ pub fn kubectl_binary() -> PathBuf {
     peer_binary("KUBECTL_BIN", "kubectl")
 }
 
-fn etcd_binary() -> PathBuf {
-    std::env::var_os("KUBE_ETCD_BIN")
-        .or_else(|| std::env::var_os("ETCD_BIN"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(ipam_etcd::local::DEFAULT_BINARY))
-}
-
 impl KubeApiServer {
     /// Starts a server with the users [`ADMIN`], [`CNI`] and [`NOBODY`].
     pub async fn start() -> KubeApiServer {
@@ -133,7 +126,7 @@ impl KubeApiServer {
         let begun = Instant::now();
         let apiserver = peer_binary("KUBE_APISERVER_BIN", "kube-apiserver");
         let kubectl = kubectl_binary();
-        let etcd = match LocalEtcd::start_binary(&etcd_binary()) {
+        let etcd = match LocalEtcd::start_binary(&peer_binary("KUBE_ETCD_BIN", "etcd")) {
             Ok(e) => e,
             Err(e) => panic!("cannot start etcd for kube-apiserver: {e}"),
         };

@@ -309,6 +309,36 @@ async fn watch_streams_a_new_object(k: &KubeApiServer) {
         "{names:?}"
     );
     assert!(names.contains(&("ADDED", "late-handle")), "{names:?}");
+
+    // A streaming list (what client-go's WatchList and kube-rs's streaming_lists send): the
+    // objects as ADDED, then a BOOKMARK marking the end of the initial events. This needs
+    // etcd's RequestWatchProgress, which Debian's etcd 3.4.23 lacks.
+    let out = run(
+        k,
+        ADMIN,
+        &[
+            "get",
+            "--raw",
+            "/apis/crd.projectcalico.org/v1/ipamhandles?watch=true&timeoutSeconds=2\
+             &allowWatchBookmarks=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan",
+        ],
+    )
+    .await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types[..3], ["ADDED", "ADDED", "ADDED"], "{text}");
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "BOOKMARK")
+        .unwrap_or_else(|| panic!("no BOOKMARK after the initial events: {text}"));
+    assert_eq!(
+        end["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"], "true",
+        "{text}"
+    );
 }
 
 async fn writes_follow_the_api_rules(k: &KubeApiServer, dir: &Path) {
