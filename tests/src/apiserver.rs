@@ -95,7 +95,7 @@ pub fn peer_binary(env: &str, name: &str) -> PathBuf {
     };
     assert!(
         path.is_file(),
-        "no {name} at {} : run scripts/build-peers (it builds kube-apiserver, kubectl and \
+        "no {name} at {}: run scripts/build-peers (it builds kube-apiserver, kubectl and \
          etcd from tests/peers into ${{IPAM_PEERS_DIR:-/var/cache/ipam-rs/peers}}), or set {env}",
         path.display()
     );
