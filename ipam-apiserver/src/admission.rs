@@ -51,10 +51,9 @@ pub(crate) trait Admit: Resource {
     }
 }
 
-/// The block invariants. One function so that switching to ipam-core's typed problems is
-/// one line.
+/// The block invariants, as ipam-core's one checker states them.
 fn block_problems(block: &IpamBlock) -> Vec<String> {
-    block.problems()
+    block.problems().iter().map(ToString::to_string).collect()
 }
 
 impl Admit for IpPool {

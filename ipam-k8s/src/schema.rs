@@ -35,7 +35,10 @@ pub fn spec_schema(kind: Kind) -> Value {
                 "nodeSelector": string(),
                 "namespaceSelector": string(),
                 "disabled": boolean(),
-                "allowedUses": {"type": "array", "uniqueItems": true,
+                // A set, not `uniqueItems` (which kube-apiserver refuses in a structural
+                // schema: "uniqueItems cannot be set to true since the runtime complexity
+                // becomes quadratic"); a set list refuses duplicates all the same.
+                "allowedUses": {"type": "array", "x-kubernetes-list-type": "set",
                     "items": {"type": "string", "enum": ["Workload", "Tunnel", "LoadBalancer"]}},
                 "assignmentMode": {"type": "string", "enum": ["Automatic", "Manual"]},
                 "natOutgoing": boolean(),

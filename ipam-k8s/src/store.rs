@@ -186,6 +186,16 @@ impl KubeStore {
 }
 
 impl Rev<'_> {
+    /// `Conflict` for a revision this store never issued (every one it issues names the
+    /// object's uid): it cannot be the object's current one. Sent as a precondition, a
+    /// resourceVersion kube-apiserver cannot parse is a 500, not a 409.
+    fn issued_here<R: Resource>(&self, name: &str) -> Result<(), StoreError> {
+        match self.uid {
+            Some(_) => Ok(()),
+            None => Err(StoreError::conflict::<R>(name)),
+        }
+    }
+
     fn parse(rev: &Revision) -> Rev<'_> {
         let mut parts = rev.0.split('/');
         let resource_version = parts.next().unwrap_or("");
@@ -330,6 +340,7 @@ impl Datastore for KubeStore {
             // The revision is of a soft-deleted object, which is absent to writers too.
             return Err(StoreError::not_found::<R>(name));
         }
+        rev.issued_here::<R>(name)?;
         self.counter.count(Op::Update);
         let obj = Self::object(name, &value, Some(&rev))?;
         let written = self
@@ -342,6 +353,7 @@ impl Datastore for KubeStore {
 
     async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
         let rev = Rev::parse(revision);
+        rev.issued_here::<R>(name)?;
         self.counter.count(Op::Delete);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
