@@ -11,6 +11,7 @@
 //!   from the spec; lists are paged (`limit`/`continue`).
 //! - Every HTTP request is counted once in [`Datastore::op_counts`].
 
+use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
@@ -33,6 +34,10 @@ const PAGE_SIZE: u32 = 500;
 const MAX_PAGES: usize = 10_000;
 /// How often `create` re-tries replacing a soft-deleted object that keeps changing.
 const CREATE_ATTEMPTS: u32 = 3;
+/// Sends of one request while the server answers 429, and the pauses between them (doubling).
+const THROTTLED_ATTEMPTS: u32 = 8;
+const THROTTLED_FIRST_PAUSE: Duration = Duration::from_millis(100);
+const THROTTLED_MAX_PAUSE: Duration = Duration::from_secs(1);
 
 /// A [`Datastore`] backed by `crd.projectcalico.org/v1` custom resources.
 pub struct KubeStore {
@@ -116,6 +121,30 @@ impl KubeStore {
         Api::all_with(self.client.clone(), &ar)
     }
 
+    /// Sends one request, counted as `op`, and sends it again after a pause while the server
+    /// answers 429 Too Many Requests: the server refused it before acting on it (priority
+    /// and fairness, or a kind whose storage is still initializing after its CRD was
+    /// created), so a resend of any verb is safe, as client-go resends it.
+    async fn send<T, F, Fut>(&self, op: Op, mut call: F) -> Result<T, kube::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let mut pause = THROTTLED_FIRST_PAUSE;
+        for _ in 1..THROTTLED_ATTEMPTS {
+            self.counter.count(op);
+            match call().await {
+                Err(kube::Error::Api(resp)) if resp.code == 429 => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(THROTTLED_MAX_PAUSE);
+                }
+                done => return done,
+            }
+        }
+        self.counter.count(op);
+        call().await
+    }
+
     fn object<R: Resource>(
         name: &str,
         value: &R,
@@ -150,9 +179,9 @@ impl KubeStore {
         value: &R,
     ) -> Result<Revision, StoreError> {
         let api = self.api::<R>();
-        self.counter.count(Op::Create);
         let obj = Self::object(name, value, None)?;
-        match api.create(&PostParams::default(), &obj).await {
+        let post = PostParams::default();
+        match self.send(Op::Create, || api.create(&post, &obj)).await {
             Ok(created) => return Ok(revision_of(&created, value)),
             Err(e) => match map_err::<R>(name, e) {
                 StoreError::AlreadyExists { .. } => {}
@@ -160,8 +189,7 @@ impl KubeStore {
             },
         }
         // A soft-deleted object of that name is replaced; a live one wins.
-        self.counter.count(Op::Get);
-        let existing = match api.get(name).await {
+        let existing = match self.send(Op::Get, || api.get(name)).await {
             Ok(o) => decode::<R>(o)?,
             Err(e) => return Err(map_err::<R>(name, e).into_conflict()),
         };
@@ -169,7 +197,6 @@ impl KubeStore {
             return Err(StoreError::already_exists::<R>(name));
         }
         let rev = Rev::parse(&existing.revision);
-        self.counter.count(Op::Update);
         let obj = Self::object(
             name,
             value,
@@ -178,7 +205,10 @@ impl KubeStore {
                 ..rev
             }),
         )?;
-        match api.replace(name, &PostParams::default(), &obj).await {
+        match self
+            .send(Op::Update, || api.replace(name, &post, &obj))
+            .await
+        {
             Ok(replaced) => Ok(revision_of(&replaced, value)),
             Err(e) => Err(map_err::<R>(name, e).into_conflict()),
         }
@@ -268,10 +298,9 @@ fn map_err<R: Resource>(name: &str, e: kube::Error) -> StoreError {
 
 impl Datastore for KubeStore {
     async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
-        self.counter.count(Op::Get);
+        let api = self.api::<R>();
         let obj = self
-            .api::<R>()
-            .get(name)
+            .send(Op::Get, || api.get(name))
             .await
             .map_err(|e| map_err::<R>(name, e))?;
         let stored = decode::<R>(obj)?;
@@ -289,8 +318,10 @@ impl Datastore for KubeStore {
         }
         let mut out = Vec::new();
         for _ in 0..MAX_PAGES {
-            self.counter.count(Op::List);
-            let page = api.list(&params).await.map_err(|e| map_err::<R>("", e))?;
+            let page = self
+                .send(Op::List, || api.list(&params))
+                .await
+                .map_err(|e| map_err::<R>("", e))?;
             for obj in page.items {
                 let stored = decode::<R>(obj)?;
                 // A digest label value can collide; the spec decides.
@@ -341,11 +372,10 @@ impl Datastore for KubeStore {
             return Err(StoreError::not_found::<R>(name));
         }
         rev.issued_here::<R>(name)?;
-        self.counter.count(Op::Update);
         let obj = Self::object(name, &value, Some(&rev))?;
+        let (api, post) = (self.api::<R>(), PostParams::default());
         let written = self
-            .api::<R>()
-            .replace(name, &PostParams::default(), &obj)
+            .send(Op::Update, || api.replace(name, &post, &obj))
             .await
             .map_err(|e| map_err::<R>(name, e))?;
         Ok(revision_of(&written, &value))
@@ -354,7 +384,6 @@ impl Datastore for KubeStore {
     async fn delete<R: Resource>(&self, name: &str, revision: &Revision) -> Result<(), StoreError> {
         let rev = Rev::parse(revision);
         rev.issued_here::<R>(name)?;
-        self.counter.count(Op::Delete);
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 resource_version: Some(rev.resource_version.to_owned()),
@@ -362,8 +391,8 @@ impl Datastore for KubeStore {
             }),
             ..DeleteParams::default()
         };
-        self.api::<R>()
-            .delete(name, &params)
+        let api = self.api::<R>();
+        self.send(Op::Delete, || api.delete(name, &params))
             .await
             .map(|_| ())
             .map_err(|e| map_err::<R>(name, e))
@@ -371,5 +400,89 @@ impl Datastore for KubeStore {
 
     fn op_counts(&self) -> OpCounts {
         self.counter.snapshot()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ipam_core::IpPool;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// An HTTP server on loopback that answers each request with the next of `replies`
+    /// (status, JSON body), one connection per request; returns its URL.
+    async fn serve(replies: Vec<(u16, Value)>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            for (status, body) in replies {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = body.to_string();
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(body.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    fn status(code: u16, reason: &str) -> (u16, Value) {
+        let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": reason, "reason": reason, "code": code});
+        (code, body)
+    }
+
+    fn pool() -> (u16, Value) {
+        let body = json!({"apiVersion": API_VERSION, "kind": "IPPool",
+            "metadata": {"name": "p", "resourceVersion": "7", "uid": "u"},
+            "spec": {"cidr": "10.1.0.0/24"}});
+        (200, body)
+    }
+
+    #[tokio::test]
+    async fn a_throttled_request_is_sent_again() {
+        let replies = vec![
+            status(429, "TooManyRequests"),
+            status(429, "TooManyRequests"),
+            pool(),
+        ];
+        let store = KubeStore::for_url(&serve(replies).await).expect("store");
+        let got = store.get::<IpPool>("p").await.expect("the third answer");
+        assert_eq!(got.revision, Revision("7/u".into()));
+        assert_eq!(store.op_counts().gets, 3, "each send is counted");
+    }
+
+    #[tokio::test]
+    async fn throttling_past_the_bound_is_unavailable_and_other_errors_are_not_resent() {
+        let replies = vec![status(429, "TooManyRequests"); THROTTLED_ATTEMPTS as usize];
+        let store = KubeStore::for_url(&serve(replies).await).expect("store");
+        let err = store
+            .get::<IpPool>("p")
+            .await
+            .expect_err("throttled throughout");
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert_eq!(store.op_counts().gets, u64::from(THROTTLED_ATTEMPTS));
+
+        // A 500 may have been acted on: never sent twice.
+        let replies = vec![status(500, "InternalError"), pool()];
+        let store = KubeStore::for_url(&serve(replies).await).expect("store");
+        let err = store.get::<IpPool>("p").await.expect_err("a 500");
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err:?}");
+        assert_eq!(store.op_counts().gets, 1);
     }
 }
