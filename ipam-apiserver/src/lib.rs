@@ -359,11 +359,11 @@ fn store_status(kind: Kind, name: &str, err: StoreError) -> Status {
             StatusReason::ServiceUnavailable,
             format!("datastore unavailable: {source}"),
         ),
-        StoreError::Other { source } => Status::new(
-            500,
-            StatusReason::InternalError,
-            format!("datastore error: {source}"),
-        ),
+        // The server's own datastore refusing the server is the server's failure, not the
+        // client's: its grants are not the client's to fix.
+        err @ (StoreError::Other { .. } | StoreError::Denied { .. }) => {
+            Status::new(500, StatusReason::InternalError, err.to_string())
+        }
     }
 }
 

@@ -57,6 +57,14 @@ pub enum StoreError {
         /// Why it was refused.
         reason: String,
     },
+    /// The backend refused this client: credentials missing or wrong, or no permission for
+    /// the request. Retrying cannot help until the configuration or the grants change.
+    #[error("datastore refused the request: {source}")]
+    Denied {
+        /// What the backend reported.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Anything else the backend reported (I/O, decoding, protocol).
     #[error("datastore error: {source}")]
     Other {

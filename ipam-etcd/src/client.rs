@@ -247,9 +247,33 @@ fn caused_by_transport(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// Whether etcd refused this client: no or wrong credentials (etcd answers those as
+/// `InvalidArgument` with its auth messages), an expired token, or a role without the key.
+fn is_denied(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    let etcd_client::Error::GRpcStatus(s) = e else {
+        return false;
+    };
+    match s.code() {
+        Code::PermissionDenied | Code::Unauthenticated => true,
+        Code::InvalidArgument | Code::FailedPrecondition => {
+            let m = s.message();
+            m.contains("user name is empty")
+                || m.contains("authentication failed")
+                || m.contains("invalid auth token")
+                || m.contains("permission denied")
+        }
+        _ => false,
+    }
+}
+
 fn store_error(e: etcd_client::Error) -> StoreError {
     if is_unavailable(&e) {
         StoreError::Unavailable {
+            source: Box::new(e),
+        }
+    } else if is_denied(&e) {
+        StoreError::Denied {
             source: Box::new(e),
         }
     } else {

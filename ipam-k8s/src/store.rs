@@ -284,6 +284,9 @@ fn map_err<R: Resource>(name: &str, e: kube::Error) -> StoreError {
                 name: name.to_owned(),
                 reason: resp.message.clone(),
             },
+            (401 | 403, _) => StoreError::Denied {
+                source: Box::new(e),
+            },
             (429 | 500..=599, _) => StoreError::Unavailable {
                 source: Box::new(e),
             },

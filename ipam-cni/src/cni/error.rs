@@ -176,6 +176,9 @@ fn ipam_error(e: &ipam_core::Error, details: String) -> Cni {
         | E::PoolOverlap { .. }
         | E::SpecialRange { .. } => Cni::InvalidNetworkConfig(details),
         E::Store(S::Other { .. }) => Cni::IOFailure(details),
+        // Wrong or missing credentials, or a role without the grant: fixed in the config
+        // or the datastore's grants, not by the runtime's retry.
+        E::Store(S::Denied { .. }) => Cni::InvalidNetworkConfig(details),
         _ => custom(codes::REFUSED, "Allocation refused", details),
     }
 }
