@@ -3,7 +3,9 @@
 //! when dropped.
 //!
 //! It can be killed (`SIGKILL`) and restarted on the same ports and data, to test what a
-//! client sees while its datastore goes away and comes back.
+//! client sees while its datastore goes away and comes back. It can serve its clients over
+//! TLS and require client certificates ([`ClientTls`]); health is read from a plain-HTTP
+//! metrics listener either way.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -62,13 +64,32 @@ pub enum ServerError {
     },
 }
 
+/// TLS for etcd's client listener, with client certificates required.
+#[derive(Clone, Debug)]
+pub struct ClientTls {
+    /// The server's certificate (PEM), for 127.0.0.1.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// The CA that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+}
+
 /// A running (or killed, awaiting restart) local etcd.
 pub struct LocalEtcd {
     binary: PathBuf,
     dir: tempfile::TempDir,
+    ports: Ports,
+    tls: Option<ClientTls>,
+    child: Option<Child>,
+}
+
+/// The client, peer and metrics (health) ports.
+#[derive(Clone, Copy, Debug)]
+struct Ports {
     client: u16,
     peer: u16,
-    child: Option<Child>,
+    metrics: u16,
 }
 
 impl LocalEtcd {
@@ -82,6 +103,18 @@ impl LocalEtcd {
 
     /// Starts `binary` and waits until it is healthy.
     pub fn start_binary(binary: &Path) -> Result<Self, ServerError> {
+        Self::start_binary_with(binary, None)
+    }
+
+    /// Starts etcd from `ETCD_BIN` or [`DEFAULT_BINARY`] serving clients over `tls` only.
+    pub fn start_tls(tls: ClientTls) -> Result<Self, ServerError> {
+        let binary = std::env::var_os("ETCD_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BINARY));
+        Self::start_binary_with(&binary, Some(tls))
+    }
+
+    fn start_binary_with(binary: &Path, tls: Option<ClientTls>) -> Result<Self, ServerError> {
         if !binary.is_file() {
             return Err(ServerError::Missing(binary.to_owned()));
         }
@@ -97,14 +130,14 @@ impl LocalEtcd {
         .map_err(ServerError::Io)?;
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
-            let (client, peer) = free_ports().map_err(ServerError::Io)?;
-            match launch(binary, dir.path(), client, peer) {
+            let ports = free_ports().map_err(ServerError::Io)?;
+            match launch(binary, dir.path(), ports, tls.as_ref()) {
                 Ok(child) => {
                     return Ok(LocalEtcd {
                         binary: binary.to_owned(),
                         dir,
-                        client,
-                        peer,
+                        ports,
+                        tls,
                         child: Some(child),
                     });
                 }
@@ -116,9 +149,10 @@ impl LocalEtcd {
         Err(last.unwrap_or(ServerError::Missing(binary.to_owned())))
     }
 
-    /// The client URL (`http://127.0.0.1:PORT`).
+    /// The client URL (`http://127.0.0.1:PORT`, or `https://` when serving TLS).
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.ports.client)
     }
 
     /// The process ID while it runs.
@@ -140,8 +174,8 @@ impl LocalEtcd {
         self.child = Some(launch(
             &self.binary,
             self.dir.path(),
-            self.client,
-            self.peer,
+            self.ports,
+            self.tls.as_ref(),
         )?);
         Ok(())
     }
@@ -158,18 +192,32 @@ impl Drop for LocalEtcd {
     }
 }
 
-/// Starts etcd on `dir` and the two ports and waits until it is healthy; kills it if it
-/// does not become healthy.
-fn launch(binary: &Path, dir: &Path, client: u16, peer: u16) -> Result<Child, ServerError> {
+/// Starts etcd on `dir` and the ports and waits until it is healthy; kills it if it does
+/// not become healthy.
+fn launch(
+    binary: &Path,
+    dir: &Path,
+    ports: Ports,
+    tls: Option<&ClientTls>,
+) -> Result<Child, ServerError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join(LOG))
         .map_err(ServerError::Io)?;
     let log2 = log.try_clone().map_err(ServerError::Io)?;
-    let client_url = format!("http://127.0.0.1:{client}");
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut child = Command::new(binary)
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://127.0.0.1:{}", ports.client);
+    let peer_url = format!("http://127.0.0.1:{}", ports.peer);
+    let mut command = Command::new(binary);
+    if let Some(tls) = tls {
+        command
+            .arg(format!("--cert-file={}", tls.cert.display()))
+            .arg(format!("--key-file={}", tls.key.display()))
+            .arg(format!("--trusted-ca-file={}", tls.client_ca.display()))
+            .arg("--client-cert-auth");
+    }
+    let mut child = command
         .arg("--name=ipam-test")
         .arg(format!("--data-dir={}", dir.join("data").display()))
         .arg(format!("--listen-client-urls={client_url}"))
@@ -177,6 +225,10 @@ fn launch(binary: &Path, dir: &Path, client: u16, peer: u16) -> Result<Child, Se
         .arg(format!("--listen-peer-urls={peer_url}"))
         .arg(format!("--initial-advertise-peer-urls={peer_url}"))
         .arg(format!("--initial-cluster=ipam-test={peer_url}"))
+        .arg(format!(
+            "--listen-metrics-urls=http://127.0.0.1:{}",
+            ports.metrics
+        ))
         // Room for the largest blocks (a full /20 with its node copy is ~2.5 MB).
         .arg("--max-request-bytes=16777216")
         .arg("--logger=zap")
@@ -189,7 +241,7 @@ fn launch(binary: &Path, dir: &Path, client: u16, peer: u16) -> Result<Child, Se
             binary: binary.to_owned(),
             source,
         })?;
-    let healthy = wait_healthy(&mut child, dir, client);
+    let healthy = wait_healthy(&mut child, dir, ports.metrics);
     if healthy.is_err() {
         let _ = child.kill();
         let _ = child.wait();
@@ -197,9 +249,9 @@ fn launch(binary: &Path, dir: &Path, client: u16, peer: u16) -> Result<Child, Se
     healthy.map(|()| child)
 }
 
-fn wait_healthy(child: &mut Child, dir: &Path, client: u16) -> Result<(), ServerError> {
+fn wait_healthy(child: &mut Child, dir: &Path, metrics: u16) -> Result<(), ServerError> {
     let deadline = Instant::now() + HEALTHY_WITHIN;
-    let addr = SocketAddr::from(([127, 0, 0, 1], client));
+    let addr = SocketAddr::from(([127, 0, 0, 1], metrics));
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(ServerError::Exited {
@@ -240,9 +292,14 @@ fn health(addr: SocketAddr) -> bool {
     body.contains("\"health\":\"true\"")
 }
 
-/// Two distinct free loopback ports, found by binding port 0 and letting go.
-fn free_ports() -> std::io::Result<(u16, u16)> {
+/// Three distinct free loopback ports, found by binding port 0 and letting go.
+fn free_ports() -> std::io::Result<Ports> {
     let a = TcpListener::bind("127.0.0.1:0")?;
     let b = TcpListener::bind("127.0.0.1:0")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
+    let c = TcpListener::bind("127.0.0.1:0")?;
+    Ok(Ports {
+        client: a.local_addr()?.port(),
+        peer: b.local_addr()?.port(),
+        metrics: c.local_addr()?.port(),
+    })
 }
