@@ -165,73 +165,9 @@ pub fn write_mode(path: &Path, text: &str, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
-/// A CA and a server certificate for 127.0.0.1 and localhost, made with the openssl CLI:
-/// (ca.pem, server.pem, server.key).
+/// A CA and a server certificate for 127.0.0.1 and localhost: (ca.pem, server.pem,
+/// server.key).
 pub fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let ca_key = dir.join("ca.key");
-    let ca = dir.join("ca.pem");
-    let key = dir.join("server.key");
-    let csr = dir.join("server.csr");
-    let cert = dir.join("server.pem");
-    let ext = dir.join("san.ext");
-    std::fs::write(&ext, "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    let p = |p: &Path| p.display().to_string();
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &p(&ca_key),
-        "-out",
-        &p(&ca),
-        "-days",
-        "2",
-        "-subj",
-        "/CN=ipam test CA",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-keyout",
-        &p(&key),
-        "-out",
-        &p(&csr),
-        "-subj",
-        "/CN=localhost",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        &p(&csr),
-        "-CA",
-        &p(&ca),
-        "-CAkey",
-        &p(&ca_key),
-        "-CAcreateserial",
-        "-out",
-        &p(&cert),
-        "-days",
-        "2",
-        "-extfile",
-        &p(&ext),
-    ]);
-    (ca, cert, key)
-}
-
-fn openssl(args: &[&str]) {
-    let out = Command::new(tool("openssl")).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let certs = ipam_tests::certs::Certificates::new(dir);
+    (certs.ca, certs.server_cert, certs.server_key)
 }
