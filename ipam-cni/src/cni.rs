@@ -59,6 +59,7 @@ pub const SUPPORTED_VERSIONS: [SpecVersion; 5] = [
 #[derive(Clone, Debug)]
 pub struct IpamPlugin {
     own_name: String,
+    null_valid_attachments: bool,
 }
 
 /// A verb with what it needs from the request.
@@ -83,7 +84,17 @@ impl IpamPlugin {
     pub fn new(own_name: impl Into<String>) -> Self {
         IpamPlugin {
             own_name: own_name.into(),
+            null_valid_attachments: false,
         }
+    }
+
+    /// Tells the plugin that the request's `cni.dev/valid-attachments` is an explicit
+    /// `null` (how Go encodes an empty list): GC then treats no attachment as valid. The
+    /// protocol crate decodes the key into an `Option`, which cannot tell `null` from a
+    /// missing key, so the binary reads it from the raw request.
+    pub fn with_null_valid_attachments(mut self, null: bool) -> Self {
+        self.null_valid_attachments = null;
+        self
     }
 
     /// The plugin named after the running executable.
@@ -194,22 +205,25 @@ impl Cni for IpamPlugin {
     }
 
     fn gc(&self, args: Args) -> Result<(), WireError> {
-        self.wire(&args, |a| valid_attachments(a.config()).map(Verb::Gc))
+        let null = self.null_valid_attachments;
+        self.wire(&args, |a| valid_attachments(a.config(), null).map(Verb::Gc))
             .map(drop)
     }
 }
 
 /// The attachments a GC request says are still in use. A request that names none is
 /// refused: releasing every allocation because a key is missing would hand live addresses
-/// out again. `cni.dev/attachments` (an early 1.1 draft's name) is read too, where an explicit
-/// `null` means none is valid; `rscni-plugin` decodes `cni.dev/valid-attachments` into an
-/// `Option` that cannot tell `null` from absent, so a `null` there is refused as absent
-/// (the safe side: nothing is released).
-fn valid_attachments(conf: &rscni_plugin::types::NetConf) -> Result<Vec<ValidAttachment>> {
+/// out again. `[]` or an explicit `null` (`null_listed`, read from the raw request) means
+/// none is valid. `cni.dev/attachments` (an early 1.1 draft's name) is read too.
+fn valid_attachments(
+    conf: &rscni_plugin::types::NetConf,
+    null_listed: bool,
+) -> Result<Vec<ValidAttachment>> {
     let listed: Vec<(String, String)> = match (
         &conf.valid_attachments,
         conf.custom.get("cni.dev/attachments"),
     ) {
+        (None, _) if null_listed => Vec::new(),
         (Some(list), _) => list
             .iter()
             .map(|v| (v.container_id.clone(), v.ifname.clone()))

@@ -61,11 +61,19 @@ fn gc_without_valid_attachments_releases_nothing() {
     assert_eq!(refused(&reply), 7);
     assert!(reply.stdout.contains("valid-attachments"), "{reply:?}");
     assert_eq!(net.dump(), before, "GC without the key changed the store");
-    // A null list is refused the same way (the protocol crate cannot tell it from absent).
+}
+
+#[test]
+fn gc_with_a_null_list_means_none_is_valid() {
+    // Go encodes an empty slice as null: the runtime saying no attachment is valid.
+    let net = Net::new("mynet");
+    let conf = net.conf("1.1.0", pool26());
+    net.run("ADD", "c1", &conf).ok();
     let mut null = conf.clone();
     null["cni.dev/valid-attachments"] = Value::Null;
-    assert_eq!(refused(&run(&gc_env(), &null.to_string())), 7);
-    assert_eq!(net.dump(), before);
+    run(&gc_env(), &null.to_string()).ok();
+    assert_eq!(net.dump().of_kind("IPAMHandle").count(), 0);
+    assert_eq!(net.dump().allocated(), 0);
 }
 
 #[test]

@@ -15,24 +15,30 @@ const MAX_REQUEST: u64 = 16 << 20;
 
 fn main() -> ExitCode {
     let own = SpecVersion::new(1, 1, 0);
-    let version = request_version().unwrap_or(own);
+    let request = read_request();
+    let version = request.as_ref().and_then(request_version).unwrap_or(own);
+    let null_valid = request.as_ref().is_some_and(|r| {
+        r.get("cni.dev/valid-attachments")
+            .is_some_and(serde_json::Value::is_null)
+    });
     let protocol = Plugin::new(version, SUPPORTED_VERSIONS.to_vec());
+    let plugin = IpamPlugin::from_argv0().with_null_valid_attachments(null_valid);
     // `run` reads the environment and stdin, calls the plugin, and prints the result or
     // the error JSON; the error has been printed by the time it is returned here.
-    match protocol.run(&IpamPlugin::from_argv0()) {
+    match protocol.run(&plugin) {
         Ok(()) => ExitCode::SUCCESS,
         Err(_) => ExitCode::FAILURE,
     }
 }
 
-/// The request's `cniVersion` if this plugin speaks it, so that an error object echoes it
-/// as the spec asks: the protocol crate writes the plugin's own version into errors.
+/// The request as JSON, for what the protocol crate's decoding loses: the request's
+/// `cniVersion`, which an error object must echo (the crate writes the plugin's own), and
+/// whether GC's `cni.dev/valid-attachments` is `null` or missing.
 ///
 /// The protocol layer reads stdin itself, so the request is read here and put back as an
-/// in-memory file on fd 0. VERSION keeps the plugin's own version (its answer describes
-/// the plugin). Any failure leaves stdin untouched (when nothing was read yet) or
-/// restores what was read, and the version falls back to the plugin's.
-fn request_version() -> Option<SpecVersion> {
+/// in-memory file on fd 0. VERSION is not read (its answer describes the plugin). Any
+/// failure leaves stdin untouched (when nothing was read yet) or restores what was read.
+fn read_request() -> Option<serde_json::Value> {
     if std::env::var("CNI_COMMAND").map_or(true, |c| c == "VERSION") {
         return None;
     }
@@ -46,7 +52,11 @@ fn request_version() -> Option<SpecVersion> {
     file.write_all(&request).ok()?;
     file.seek(SeekFrom::Start(0)).ok()?;
     rustix::stdio::dup2_stdin(&file).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&request).ok()?;
-    let version = SpecVersion::from_str(value.get("cniVersion")?.as_str()?).ok()?;
+    serde_json::from_slice(&request).ok()
+}
+
+/// The request's `cniVersion` if this plugin speaks it.
+fn request_version(request: &serde_json::Value) -> Option<SpecVersion> {
+    let version = SpecVersion::from_str(request.get("cniVersion")?.as_str()?).ok()?;
     SUPPORTED_VERSIONS.contains(&version).then_some(version)
 }
