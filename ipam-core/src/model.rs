@@ -267,12 +267,22 @@ impl IpamConfig {
     pub const DEFAULT_MAX_BLOCKS_PER_HOST: u32 = 20;
     /// The largest cooldown accepted.
     pub const MAX_COOLDOWN_SECONDS: u32 = 1200;
+    /// The largest `maxBlocksPerHost` accepted (the bound Calico's CRD sets).
+    pub const MAX_MAX_BLOCKS_PER_HOST: u32 = 1_000_000;
 
     /// The block limit in force.
     pub fn effective_max_blocks(&self) -> u32 {
-        match self.max_blocks_per_host {
-            0 => Self::DEFAULT_MAX_BLOCKS_PER_HOST,
-            n => n,
+        self.block_limit(None)
+    }
+
+    /// The block limit for a request that asks for `requested` (0 or `None`: not set), as
+    /// Calico merges them: the lower of the two that are set, and 20 when neither is.
+    pub fn block_limit(&self, requested: Option<u32>) -> u32 {
+        match (requested.unwrap_or(0), self.max_blocks_per_host) {
+            (0, 0) => Self::DEFAULT_MAX_BLOCKS_PER_HOST,
+            (0, global) => global,
+            (asked, 0) => asked,
+            (asked, global) => asked.min(global),
         }
     }
 }
@@ -378,5 +388,24 @@ mod tests {
         assert_eq!(c, IpamConfig::default());
         assert!(c.auto_allocate_blocks);
         assert_eq!(c.effective_max_blocks(), 20);
+    }
+
+    #[test]
+    fn the_block_limit_is_the_lower_of_request_and_config_and_20_when_neither() {
+        let global = |n| IpamConfig {
+            max_blocks_per_host: n,
+            ..IpamConfig::default()
+        };
+        assert_eq!(global(0).block_limit(None), 20);
+        assert_eq!(global(0).block_limit(Some(0)), 20);
+        assert_eq!(global(0).block_limit(Some(50)), 50);
+        assert_eq!(global(4).block_limit(None), 4);
+        assert_eq!(global(4).block_limit(Some(0)), 4);
+        assert_eq!(global(4).block_limit(Some(2)), 2);
+        assert_eq!(
+            global(4).block_limit(Some(9)),
+            4,
+            "a request cannot raise the limit"
+        );
     }
 }

@@ -276,10 +276,15 @@ fn without_strict_affinity_a_node_borrows_when_it_cannot_claim() {
                 Some("host:n1" | "host:n2")
             ));
         }
-        // A node at its (per-request) block limit borrows too.
+        // A node at its block limit does not borrow, strict affinity or not (Calico's
+        // ErrBlockLimit); what it took from its own block first is given back.
         let mut limited = args("n1", 7, 0, "d");
         limited.max_blocks_per_host = Some(1);
-        assert_eq!(ipam.auto_assign(&limited).await.unwrap().ipv4.len(), 7);
+        let err = ipam.auto_assign(&limited).await.unwrap_err();
+        assert!(matches!(err, Error::BlockLimit { limit: 1, .. }), "{err}");
+        let usage = ipam.utilization(&[]).await.unwrap();
+        let in_use: u128 = usage.iter().map(|p| p.usage.in_use).sum();
+        assert_eq!(in_use, 5, "a, b and c's three");
         assert_consistent(ipam.store()).await;
     });
 }

@@ -231,6 +231,11 @@ pub fn validate_config(c: &IpamConfig) -> Result<()> {
             reason: "maxBlocksPerHost>0 requires strictAffinity=true",
         });
     }
+    if c.max_blocks_per_host > IpamConfig::MAX_MAX_BLOCKS_PER_HOST {
+        return Err(Error::InvalidConfig {
+            reason: "maxBlocksPerHost must be at most 1000000",
+        });
+    }
     if c.ip_cooldown_seconds > IpamConfig::MAX_COOLDOWN_SECONDS {
         return Err(Error::InvalidConfig {
             reason: "ipCooldownSeconds must be between 0 and 1200",
@@ -309,6 +314,7 @@ pub fn validate_pool(name: &str, pool: &IpPool) -> Result<()> {
     }
     BlockCidr::containing(pool.cidr.network(), size)?;
     Selector::parse(&pool.node_selector)?;
+    Selector::parse(&pool.namespace_selector)?;
     Ok(())
 }
 

@@ -33,11 +33,15 @@ pub struct AutoAssignArgs {
     pub node: NodeName,
     /// The node's labels, for pool node selectors.
     pub node_labels: Labels,
+    /// The labels of the pod's namespace, for pool namespace selectors; `None` (no
+    /// namespace, or a datastore that cannot tell) matches only pools without one.
+    pub namespace_labels: Option<Labels>,
     /// IPv4 pools to use, by name or CIDR; empty means every suitable pool.
     pub pools4: Vec<String>,
     /// IPv6 pools to use, by name or CIDR; empty means every suitable pool.
     pub pools6: Vec<String>,
-    /// Overrides the config's block limit for this request.
+    /// This request's block limit; the config's applies when it is lower (see
+    /// [`IpamConfig::block_limit`]).
     pub max_blocks_per_host: Option<u32>,
     /// What the addresses are for.
     pub intended_use: IntendedUse,
@@ -71,6 +75,7 @@ impl AutoAssignArgs {
             attrs: BTreeMap::new(),
             node,
             node_labels: Labels::new(),
+            namespace_labels: None,
             pools4: Vec::new(),
             pools6: Vec::new(),
             max_blocks_per_host: None,
@@ -230,7 +235,8 @@ impl<D: Datastore> Ipam<D> {
             .filter(|a| Family::of(&a.value.cidr) == family)
             .filter(|a| a.value.state != AffinityState::PendingDeletion)
             .collect();
-        let mut owned = live.len() as u32;
+        // As Calico counts them: only the blocks of the pools this request may use.
+        let mut owned = live.iter().filter(|a| in_pools(&a.value.cidr)).count() as u32;
         let mut held: HashSet<IpNet> = snapshot.blocks.iter().map(|b| b.value.cidr).collect();
         // Only confirmed claims are kept out of the walk: a pending one may have no block yet
         // (a crash before step 2), and claiming it again is how it gets finished.
@@ -275,10 +281,7 @@ impl<D: Datastore> Ipam<D> {
                     .await?,
             );
         }
-        let limit = req
-            .args
-            .max_blocks_per_host
-            .unwrap_or_else(|| req.config.effective_max_blocks());
+        let limit = req.config.block_limit(req.args.max_blocks_per_host);
         let mut hit_limit = false;
         while (got.len() as u32) < num && req.config.auto_allocate_blocks {
             if owned >= limit {
@@ -298,7 +301,9 @@ impl<D: Datastore> Ipam<D> {
                     .await?,
             );
         }
-        if (got.len() as u32) < num && !req.config.strict_affinity {
+        // At the block limit Calico fails rather than borrow, strict affinity or not: where
+        // a node's addresses land must not depend on which IPAM a cluster runs.
+        if (got.len() as u32) < num && !req.config.strict_affinity && !hit_limit {
             got.extend(
                 self.borrow(req, family, num - got.len() as u32, &in_pools)
                     .await?,
@@ -311,7 +316,7 @@ impl<D: Datastore> Ipam<D> {
         }
         if available == num {
             Ok(())
-        } else if hit_limit && req.config.strict_affinity {
+        } else if hit_limit {
             Err(Error::BlockLimit {
                 node: node.to_string(),
                 limit,
@@ -552,16 +557,18 @@ pub(crate) fn candidate_pools<'p>(
         if !requested.is_empty() && !named {
             continue;
         }
+        // A pool asked for by name is used whatever its selectors say, as Calico does
+        // (`determinePools`); being enabled and allowing the use still count.
         let why = if p.value.disabled {
             Some("disabled")
         } else if p.value.is_manual() && !named {
             Some("manual")
         } else if !p.value.allows(args.intended_use) {
             Some("use not allowed")
-        } else if !Selector::parse(&p.value.node_selector)
-            .is_ok_and(|s| s.matches(&args.node_labels))
-        {
+        } else if !named && !selects(&p.value.node_selector, Some(&args.node_labels)) {
             Some("node selector does not match")
+        } else if !named && !selects(&p.value.namespace_selector, args.namespace_labels.as_ref()) {
+            Some("namespace selector does not match")
         } else {
             None
         };
@@ -584,6 +591,16 @@ pub(crate) fn candidate_pools<'p>(
         });
     }
     Ok(out)
+}
+
+/// Whether a pool's `selector` selects an object with `labels`. An empty selector selects
+/// everything, even without labels; any other selects nothing without labels (Calico's
+/// rule for a pod without a namespace) and nothing when it does not parse.
+fn selects(selector: &str, labels: Option<&Labels>) -> bool {
+    if selector.trim().is_empty() {
+        return true;
+    }
+    labels.is_some_and(|l| Selector::parse(selector).is_ok_and(|s| s.matches(l)))
 }
 
 /// Refuses a request that no pool can serve or that exceeds what the pools could ever hold.

@@ -1,0 +1,131 @@
+//! Calico's allocation rules where a cluster moved from Calico depends on them
+//! (`docs/calico-compatibility.md`, F1, F2, F5): the block limit, explicitly requested
+//! pools, and namespace selectors.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use ipam_core::{Error, IpamConfig, Labels};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_block_limit_counts_only_the_requests_pools_and_a_request_cannot_raise_it() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        ipam.create_pool("a", pool("10.1.0.0/24", 30))
+            .await
+            .unwrap();
+        ipam.create_pool("b", pool("10.2.0.0/24", 30))
+            .await
+            .unwrap();
+        let config = IpamConfig {
+            strict_affinity: true,
+            max_blocks_per_host: 1,
+            ..IpamConfig::default()
+        };
+        ipam.set_config(config).await.unwrap();
+        // A block of pool a does not count against a request for pool b.
+        let mut in_a = args("n1", 4, 0, "in-a");
+        in_a.pools4 = vec!["a".into()];
+        ipam.auto_assign(&in_a).await.unwrap();
+        let mut in_b = args("n1", 4, 0, "in-b");
+        in_b.pools4 = vec!["b".into()];
+        ipam.auto_assign(&in_b).await.unwrap();
+        // The node's block of pool b is full and the limit is 1: a request asking for
+        // 5 blocks still gets the config's 1.
+        let mut more = args("n1", 1, 0, "more");
+        more.pools4 = vec!["b".into()];
+        more.max_blocks_per_host = Some(5);
+        let err = ipam.auto_assign(&more).await.unwrap_err();
+        assert!(matches!(err, Error::BlockLimit { limit: 1, .. }), "{err}");
+    });
+}
+
+#[test]
+fn a_requested_pool_is_used_whatever_its_selectors_say() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        let mut elsewhere = pool("10.3.0.0/24", 26);
+        elsewhere.node_selector = "zone == 'b'".into();
+        elsewhere.namespace_selector = "team == 'x'".into();
+        ipam.create_pool("elsewhere", elsewhere).await.unwrap();
+        // Not asked for by name: the node (zone a, no namespace) is not selected.
+        let mut unnamed = args("n1", 1, 0, "unnamed");
+        unnamed.node_labels = labels(&[("zone", "a")]);
+        let err = ipam.auto_assign(&unnamed).await.unwrap_err();
+        assert!(matches!(err, Error::NoCandidatePools { .. }), "{err}");
+        // Asked for by name or CIDR: used, as Calico's determinePools does.
+        for name in ["elsewhere", "10.3.0.0/24"] {
+            let mut named = args("n1", 1, 0, &format!("named-{}", name.len()));
+            named.node_labels = labels(&[("zone", "a")]);
+            named.pools4 = vec![name.into()];
+            let got = ipam.auto_assign(&named).await.unwrap();
+            assert_eq!(got.ipv4.len(), 1, "{name}");
+        }
+        // A disabled pool stays unusable even by name.
+        let mut off = pool("10.4.0.0/24", 26);
+        off.disabled = true;
+        ipam.create_pool("off", off).await.unwrap();
+        let mut named_off = args("n1", 1, 0, "off");
+        named_off.pools4 = vec!["off".into()];
+        assert!(ipam.auto_assign(&named_off).await.is_err());
+    });
+}
+
+#[test]
+fn a_namespace_selector_selects_by_the_namespaces_labels() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        let mut team = pool("10.5.0.0/24", 26);
+        team.namespace_selector = "team == 'x'".into();
+        ipam.create_pool("team-x", team).await.unwrap();
+        ipam.create_pool("everyone", pool("10.6.0.0/24", 26))
+            .await
+            .unwrap();
+        let in_pool = |got: &ipam_core::Assigned, cidr: &str| {
+            let net: ipnet::IpNet = cidr.parse().unwrap();
+            got.ipv4.iter().all(|a| net.contains(&a.addr()))
+        };
+        // Pods of no namespace, of another team or of an unlabelled namespace never get
+        // team x's addresses.
+        for (i, ns) in [None, Some(labels(&[("team", "y")])), Some(Labels::new())]
+            .into_iter()
+            .enumerate()
+        {
+            let mut other = args("n1", 1, 0, &format!("other-{i}"));
+            other.namespace_labels = ns;
+            let got = ipam.auto_assign(&other).await.unwrap();
+            assert!(in_pool(&got, "10.6.0.0/24"), "{got:?} for namespace #{i}");
+        }
+        // With the open pool disabled, team x still gets addresses, a pod without a
+        // namespace none.
+        let mut everyone = ipam.get_pool("everyone").await.unwrap().value;
+        everyone.disabled = true;
+        ipam.update_pool("everyone", everyone).await.unwrap();
+        let mut x = args("n1", 1, 0, "team-x-pod");
+        x.namespace_labels = Some(labels(&[("team", "x")]));
+        assert!(in_pool(&ipam.auto_assign(&x).await.unwrap(), "10.5.0.0/24"));
+        let mut none = args("n1", 1, 0, "no-namespace");
+        none.namespace_labels = None;
+        let err = ipam.auto_assign(&none).await.unwrap_err();
+        assert!(matches!(err, Error::NoCandidatePools { .. }), "{err}");
+    });
+}
+
+#[test]
+fn a_pool_whose_namespace_selector_does_not_parse_is_refused() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        let mut bad = pool("10.7.0.0/24", 26);
+        bad.namespace_selector = "team ==".into();
+        assert!(ipam.create_pool("bad", bad).await.is_err());
+    });
+}
