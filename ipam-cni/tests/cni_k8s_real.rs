@@ -9,6 +9,7 @@
 //!   blocks, and the server's own request counters (`apiserver_request_total`) for a
 //!   steady-state ADD.
 //! - The role refuses what the plugin does not need (403).
+//! - Pool selectors read the labels of the real Node and Namespace objects.
 //!
 //! One server for the file; addresses come from 10.231.40.0/22, which exists only inside
 //! the test's namespaces and bridge.
@@ -57,6 +58,7 @@ async fn the_plugin_on_a_real_api_server_as_deploy_ships_it() {
     shipped_conflist_through_bridge(&server).await;
     nodes_allocate_at_once(&server).await;
     the_role_refuses_what_the_plugin_does_not_need(&server).await;
+    selectors_read_the_node_and_the_namespace(&server, &admin).await;
 }
 
 /// `deploy/10-ipam.conflist`'s first plugin as a runtime hands it over (the list's
@@ -220,6 +222,48 @@ async fn the_role_refuses_what_the_plugin_does_not_need(server: &KubeApiServer) 
     kubectl_ok(server, ADMIN, &["get", "ippool", POOL]).await;
 }
 
+/// With the default pool disabled and no pool named in the config, a pool whose
+/// `nodeSelector` names the Node's label serves that node only, and one whose
+/// `namespaceSelector` names the Namespace's label serves that namespace's pods only.
+async fn selectors_read_the_node_and_the_namespace(
+    server: &KubeApiServer,
+    admin: &Ipam<ipam_k8s::KubeStore>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = dir.path().join("objects.json");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-zone-b", "labels": {"zone": "b"}}},
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-plain"}},
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-x", "labels": {"team": "x"}}},
+    ]});
+    std::fs::write(&objects, list.to_string()).unwrap();
+    kubectl_ok(server, ADMIN, &["create", "-f", objects.to_str().unwrap()]).await;
+    let mut default = admin.get_pool(POOL).await.unwrap().value;
+    default.disabled = true;
+    admin.update_pool(POOL, default).await.unwrap();
+    let mut zone_b = IpPool::new("10.231.60.0/24".parse().unwrap());
+    zone_b.node_selector = "zone == 'b'".into();
+    admin.create_pool("zone-b", zone_b).await.unwrap();
+    let mut team_x = IpPool::new("10.231.61.0/24".parse().unwrap());
+    team_x.namespace_selector = "team == 'x'".into();
+    admin.create_pool("team-x", team_x).await.unwrap();
+
+    let add = |node: &str, namespace: &str, id: &str| {
+        let mut conf = shipped_conf(server, "unused", node);
+        conf["ipam"].as_object_mut().unwrap().remove("ipv4_pools");
+        let mut env = container_env("ADD", id, "eth0");
+        let args = format!("K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={id}");
+        env.push(("CNI_ARGS".into(), args));
+        cni_support::run(&env, &conf.to_string())
+    };
+    let ip = add("node-zone-b", "default", "sel-1").ips()[0].clone();
+    assert!(ip.starts_with("10.231.60."), "zone b's node got {ip}");
+    let ip = add("node-plain", "team-x", "sel-2").ips()[0].clone();
+    assert!(ip.starts_with("10.231.61."), "team x's pod got {ip}");
+    let none = add("node-plain", "default", "sel-3");
+    assert_eq!(none.code(), 100, "no pool for this pod: {none:?}");
+}
+
 /// Runs the plugin itself (not through bridge), as a runtime would.
 fn plugin(cmd: &str, id: &str, conf: &Value) -> Reply {
     cni_support::run(&container_env(cmd, id, "eth0"), &conf.to_string())
@@ -253,8 +297,8 @@ async fn blocks_now(server: &KubeApiServer) -> Vec<Value> {
     blocks["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// `apiserver_request_total` for `crd.projectcalico.org`, by verb, from the server's
-/// `/metrics` (read as the admin).
+/// `apiserver_request_total` for `crd.projectcalico.org`, nodes and namespaces (what the
+/// plugin reads and writes), by verb, from the server's `/metrics` (read as the admin).
 async fn calico_requests(server: &KubeApiServer) -> BTreeMap<String, u64> {
     let text = kubectl_ok(server, ADMIN, &["get", "--raw", "/metrics"]).await;
     let mut by_verb = BTreeMap::new();
@@ -262,7 +306,10 @@ async fn calico_requests(server: &KubeApiServer) -> BTreeMap<String, u64> {
         let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
             continue;
         };
-        if !rest.contains("group=\"crd.projectcalico.org\"") {
+        let ours = rest.contains("group=\"crd.projectcalico.org\"")
+            || rest.contains("resource=\"nodes\"")
+            || rest.contains("resource=\"namespaces\"");
+        if !ours {
             continue;
         }
         let verb = rest

@@ -6,8 +6,8 @@ use std::future::Future;
 
 use crate::model::IpamBlock;
 use crate::store::{
-    BatchWrite, Datastore, HandleSnapshot, Kind, NodeSnapshot, Op, OpCounts, Resource, Revision,
-    Scope, StoreError, Stored,
+    BatchWrite, Datastore, HandleSnapshot, Kind, Labelled, NodeSnapshot, Op, OpCounts, Resource,
+    Revision, Scope, StoreError, Stored,
 };
 
 /// What a test wants to do around the writes of a [`Hooked`] store. Reads pass untouched.
@@ -88,6 +88,10 @@ impl<D: Datastore, H: Hooks> Datastore for Hooked<D, H> {
 
     fn op_counts(&self) -> OpCounts {
         self.inner.op_counts()
+    }
+
+    async fn labels(&self, object: Labelled<'_>) -> Result<Option<crate::Labels>, StoreError> {
+        self.inner.labels(object).await
     }
 
     async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {

@@ -56,6 +56,6 @@ pub use names::{HandleId, NodeName};
 pub use retry::MAX_ATTEMPTS;
 pub use selector::Selector;
 pub use store::{
-    BatchWrite, Datastore, HandleSnapshot, Kind, NodeSnapshot, OpCounts, Resource, Revision, Scope,
-    StoreError, Stored, Write,
+    BatchWrite, Datastore, HandleSnapshot, Kind, Labelled, NodeSnapshot, OpCounts, Resource,
+    Revision, Scope, StoreError, Stored, Write,
 };

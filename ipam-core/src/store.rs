@@ -255,6 +255,16 @@ pub trait Resource:
     }
 }
 
+/// An object whose labels pool selectors read: the node a request is for, and the pod's
+/// namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Labelled<'a> {
+    /// A node, by name.
+    Node(&'a str),
+    /// A namespace, by name.
+    Namespace(&'a str),
+}
+
 /// A datastore of IPAM objects with compare-and-swap writes.
 ///
 /// Implementations count their round trips in [`Datastore::op_counts`]. They never retry
@@ -351,6 +361,17 @@ pub trait Datastore: Send + Sync {
                 blocks,
             })
         }
+    }
+
+    /// The labels of a node or a namespace where this datastore holds those objects (the
+    /// Kubernetes datastore reads the Node and Namespace); `Ok(None)` where it does not,
+    /// and when the object does not exist.
+    fn labels(
+        &self,
+        object: Labelled<'_>,
+    ) -> impl Future<Output = Result<Option<crate::Labels>, StoreError>> + Send {
+        let _ = object;
+        async { Ok(None) }
     }
 
     /// Everything the allocator reads for `node` before assigning. Backends that can read

@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use ipam_core::retry::{RetryError, retry_conflicts};
 use ipam_core::store::{Op, OpCounter};
-use ipam_core::{Datastore, OpCounts, Resource, Revision, Scope, StoreError, Stored};
+use ipam_core::{
+    Datastore, IpPool, Labelled, Labels, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, ObjectMeta, PostParams,
     Preconditions,
@@ -399,6 +402,25 @@ impl Datastore for KubeStore {
             .await
             .map(|_| ())
             .map_err(|e| map_err::<R>(name, e))
+    }
+
+    async fn labels(&self, object: Labelled<'_>) -> Result<Option<Labels>, StoreError> {
+        // Metadata only: labels are all a selector reads. The error mapping names no IPAM
+        // kind that matters here: a missing object is `None`, not an error.
+        let found = match object {
+            Labelled::Node(name) => {
+                let api: Api<Node> = Api::all(self.client.clone());
+                let meta = self.send(Op::Get, || api.get_metadata_opt(name)).await;
+                meta.map(|m| m.map(|m| m.metadata))
+            }
+            Labelled::Namespace(name) => {
+                let api: Api<Namespace> = Api::all(self.client.clone());
+                let meta = self.send(Op::Get, || api.get_metadata_opt(name)).await;
+                meta.map(|m| m.map(|m| m.metadata))
+            }
+        };
+        let found = found.map_err(|e| map_err::<IpPool>("", e))?;
+        Ok(found.map(|m| m.labels.unwrap_or_default().into_iter().collect()))
     }
 
     fn op_counts(&self) -> OpCounts {
