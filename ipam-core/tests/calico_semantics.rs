@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use ipam_core::{Error, IpamConfig, Labels};
+use ipam_core::{Datastore, Error, IpamConfig, Labels};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
@@ -127,5 +127,146 @@ fn a_pool_whose_namespace_selector_does_not_parse_is_refused() {
         let mut bad = pool("10.7.0.0/24", 26);
         bad.namespace_selector = "team ==".into();
         assert!(ipam.create_pool("bad", bad).await.is_err());
+    });
+}
+
+/// The owner (`host:<node>`) of the block holding `ip`'s address.
+async fn owner_of(ipam: &ipam_core::Ipam<ipam_core::MemoryStore>, ip: &ipnet::IpNet) -> String {
+    let who = ipam.get_assignment_attributes(ip.addr()).await.unwrap();
+    who.and_then(|w| w.affinity).unwrap_or_default()
+}
+
+#[test]
+fn an_empty_block_of_another_node_is_reclaimed_after_a_minute_when_none_is_free() {
+    pollster::block_on(async {
+        let (ipam, clock) = ipam();
+        // One block in the pool.
+        ipam.create_pool("p", pool("10.8.0.0/30", 30))
+            .await
+            .unwrap();
+        ipam.auto_assign(&args("n1", 1, 0, "a")).await.unwrap();
+        ipam.release_by_handle(&handle("a")).await.unwrap();
+        // n1's block is empty but was claimed a moment ago: with strict affinity (no
+        // borrowing) n2 gets nothing yet.
+        let strict = IpamConfig {
+            strict_affinity: true,
+            ..IpamConfig::default()
+        };
+        ipam.set_config(strict).await.unwrap();
+        let err = ipam.auto_assign(&args("n2", 1, 0, "b")).await.unwrap_err();
+        assert!(matches!(err, Error::PoolExhausted { .. }), "{err}");
+        // A minute later the empty block is n2's.
+        clock.advance(time::Duration::seconds(61));
+        let got = ipam.auto_assign(&args("n2", 1, 0, "b")).await.unwrap();
+        assert_eq!(owner_of(&ipam, &got.ipv4[0]).await, "host:n2");
+        assert_consistent(ipam.store()).await;
+        // A block in use is never reclaimed, however old.
+        clock.advance(time::Duration::seconds(600));
+        let err = ipam.auto_assign(&args("n1", 4, 0, "c")).await.unwrap_err();
+        assert!(matches!(err, Error::PoolExhausted { .. }), "{err}");
+        assert_eq!(owner_of(&ipam, &got.ipv4[0]).await, "host:n2");
+    });
+}
+
+#[test]
+fn a_confirmed_affinity_whose_block_is_gone_gets_its_block_back() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        ipam.create_pool("p", pool("10.9.0.0/29", 30))
+            .await
+            .unwrap();
+        let config = IpamConfig {
+            strict_affinity: true,
+            max_blocks_per_host: 1,
+            ..IpamConfig::default()
+        };
+        ipam.set_config(config).await.unwrap();
+        let got = ipam.auto_assign(&args("n1", 4, 0, "a")).await.unwrap();
+        let cidr = block(ipam.store(), &got.ipv4[0].trunc().to_string()).await;
+        // The block vanishes (deleted by hand, or lost); the affinity stays.
+        let store = ipam.store();
+        store
+            .delete::<ipam_core::IpamBlock>(&cidr.name, &cidr.revision)
+            .await
+            .unwrap();
+        // At the limit of one block, n1 is not stuck: its block is created again.
+        let again = ipam.auto_assign(&args("n1", 1, 0, "b")).await.unwrap();
+        assert_eq!(again.ipv4[0].trunc(), got.ipv4[0].trunc());
+    });
+}
+
+#[test]
+fn a_stale_affinity_is_deleted_and_no_longer_counts() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        ipam.create_pool("p", pool("10.10.0.0/29", 30))
+            .await
+            .unwrap();
+        let config = IpamConfig {
+            strict_affinity: true,
+            max_blocks_per_host: 1,
+            ..IpamConfig::default()
+        };
+        ipam.set_config(config).await.unwrap();
+        let got = ipam.auto_assign(&args("n1", 1, 0, "a")).await.unwrap();
+        // The block is handed to n2 behind n1's back; n1's affinity is stale.
+        let store = ipam.store();
+        let mut b = block(store, &got.ipv4[0].trunc().to_string()).await;
+        b.value.affinity = Some("host:n2".into());
+        store.update(&b.name, b.value, &b.revision).await.unwrap();
+        // n1 drops the stale affinity, so its limit of one lets it claim the other block.
+        let again = ipam.auto_assign(&args("n1", 1, 0, "b")).await.unwrap();
+        assert_ne!(again.ipv4[0].trunc(), got.ipv4[0].trunc());
+        assert_eq!(owner_of(&ipam, &again.ipv4[0]).await, "host:n1");
+        let affinities: Vec<_> = store
+            .list::<ipam_core::BlockAffinity>(ipam_core::Scope::Node("n1"))
+            .await
+            .unwrap();
+        assert_eq!(affinities.len(), 1, "{affinities:?}");
+    });
+}
+
+#[test]
+fn empty_blocks_of_a_pool_that_no_longer_selects_the_node_are_released() {
+    pollster::block_on(async {
+        let (ipam, _) = ipam();
+        let mut zone_a = pool("10.11.0.0/24", 26);
+        zone_a.node_selector = "zone == 'a'".into();
+        ipam.create_pool("zone-a", zone_a).await.unwrap();
+        ipam.create_pool("open", pool("10.12.0.0/24", 26))
+            .await
+            .unwrap();
+        let mut a = args("n1", 1, 0, "a");
+        a.node_labels = labels(&[("zone", "a")]);
+        a.pools4 = vec!["zone-a".into()];
+        let in_a = ipam.auto_assign(&a).await.unwrap();
+        let mut kept = args("n1", 1, 0, "kept");
+        kept.node_labels = labels(&[("zone", "a")]);
+        kept.pools4 = vec!["zone-a".into()];
+        ipam.auto_assign(&kept).await.unwrap();
+        ipam.release_by_handle(&handle("a")).await.unwrap();
+        // The node moved to zone b: its zone-a block still holds "kept", so it stays.
+        let mut b = args("n1", 1, 0, "b");
+        b.node_labels = labels(&[("zone", "b")]);
+        ipam.auto_assign(&b).await.unwrap();
+        let zone_a_block = in_a.ipv4[0].trunc().to_string();
+        assert_eq!(
+            block(ipam.store(), &zone_a_block)
+                .await
+                .value
+                .affinity
+                .as_deref(),
+            Some("host:n1")
+        );
+        // Once empty, the next assignment releases it.
+        ipam.release_by_handle(&handle("kept")).await.unwrap();
+        let mut c = args("n1", 1, 0, "c");
+        c.node_labels = labels(&[("zone", "b")]);
+        ipam.auto_assign(&c).await.unwrap();
+        assert!(
+            !block_exists(ipam.store(), &zone_a_block).await,
+            "the zone-a block is still there"
+        );
+        assert_consistent(ipam.store()).await;
     });
 }

@@ -3,11 +3,15 @@
 //!
 //! A claim writes the affinity as `pending`, then creates (or adopts) the block, then marks
 //! the affinity `confirmed`. A pending affinity owns nothing, so a crash at any step leaves
-//! only something a later retry completes or `gc` removes.
+//! only something a later retry completes or `gc` removes. When a pool has no unclaimed
+//! block left, another node's block that has stayed empty for a minute is reclaimed.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use ipnet::IpNet;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::cidr::{BlockCidr, blocks_in_pool, nth_block};
 use crate::clock::rfc3339;
@@ -69,6 +73,20 @@ impl<D: Datastore> Ipam<D> {
         node: &NodeName,
         must_be_empty: bool,
     ) -> Result<()> {
+        self.release_affinity_unless_changed(block, node, must_be_empty, None)
+            .await
+    }
+
+    /// [`Ipam::release_affinity`], refused as [`Error::BlockNotEmpty`] also when the block's
+    /// sequence number is no longer `seen` (it changed since it was read, so it may be in
+    /// use), as Calico's `RequiredBlockSequenceNumber` does.
+    async fn release_affinity_unless_changed(
+        &self,
+        block: BlockCidr,
+        node: &NodeName,
+        must_be_empty: bool,
+        seen: Option<u64>,
+    ) -> Result<()> {
         let name = affinity_name(node.as_str(), &block);
         let name = &name;
         self.retry("releasing an affinity", move || async move {
@@ -91,7 +109,10 @@ impl<D: Datastore> Ipam<D> {
                 .store
                 .update(name, aff.value.clone(), &aff.revision)
                 .await?;
-            if let Err(e) = self.unown_block_once(block, node, must_be_empty).await {
+            if let Err(e) = self
+                .unown_block_once(block, node, must_be_empty, seen)
+                .await
+            {
                 if matches!(e, Error::BlockNotEmpty { .. }) {
                     aff.value.state = before;
                     self.store.update(name, aff.value, &aff.revision).await?;
@@ -277,6 +298,7 @@ impl<D: Datastore> Ipam<D> {
         block: BlockCidr,
         node: &NodeName,
         must_be_empty: bool,
+        seen: Option<u64>,
     ) -> Result<()> {
         let mut b = match self.store.get::<IpamBlock>(&block.name()).await {
             Ok(b) => b,
@@ -285,6 +307,9 @@ impl<D: Datastore> Ipam<D> {
         };
         if b.value.host() != Some(node.as_str()) {
             return Ok(());
+        }
+        if seen.is_some_and(|s| s != b.value.sequence_number) {
+            return Err(Error::BlockNotEmpty { block: block.net() });
         }
         if b.value.is_empty() {
             return self.delete_block(b).await;
@@ -330,6 +355,59 @@ impl<D: Datastore> Ipam<D> {
                 .await?
             {
                 return Ok(Some(b));
+            }
+        }
+        self.reclaim_empty_block(node, pools, reservations, held)
+            .await
+    }
+
+    /// With no unclaimed block left in `pools`, takes over another node's block that has
+    /// been empty since it was claimed at least [`EMPTY_BLOCK_MIN_RECLAIM_AGE`] ago, as
+    /// Calico's `findUsableBlock` does, so that small pools do not strand on nodes that no
+    /// longer use them. The owner's affinity is released only if the block is still empty
+    /// and unchanged since it was listed.
+    async fn reclaim_empty_block(
+        &self,
+        node: &NodeName,
+        pools: &[&Stored<IpPool>],
+        reservations: &Reservations,
+        held: &HashSet<IpNet>,
+    ) -> Result<Option<Stored<IpamBlock>>> {
+        let now = self.now();
+        let blocks = self.store.list::<IpamBlock>(Scope::All).await?;
+        for b in blocks {
+            let net = b.value.cidr;
+            let owner = match b.value.host() {
+                Some(owner) if owner != node.as_str() => owner,
+                _ => continue,
+            };
+            let reclaimable = b.value.is_empty()
+                && !held.contains(&net)
+                && !reservations.covers_all(&net)
+                && pools.iter().any(|p| p.value.cidr.contains(&net))
+                && claimed_before(b.value.affinity_claim_time.as_deref(), now);
+            let (Ok(owner), Ok(cidr)) = (NodeName::new(owner), b.value.block_cidr()) else {
+                continue;
+            };
+            if !reclaimable {
+                continue;
+            }
+            let seen = Some(b.value.sequence_number);
+            match self
+                .release_affinity_unless_changed(cidr, &owner, true, seen)
+                .await
+            {
+                Ok(()) => {}
+                Err(Error::BlockNotEmpty { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+            match self.claim_block(node, cidr).await {
+                Ok(b) => {
+                    self.free_blocks.mark_taken(net);
+                    return Ok(Some(b));
+                }
+                Err(Error::BlockOwned { .. }) => continue,
+                Err(e) => return Err(e),
             }
         }
         Ok(None)
@@ -419,6 +497,20 @@ impl<D: Datastore> Ipam<D> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// How long a claimed block must have been empty before another node may reclaim it
+/// (Calico's `EmptyBlockMinReclaimAge`): a node that just claimed it is about to use it.
+pub const EMPTY_BLOCK_MIN_RECLAIM_AGE: Duration = Duration::from_secs(60);
+
+/// Whether a block claimed at `claim_time` was claimed at least
+/// [`EMPTY_BLOCK_MIN_RECLAIM_AGE`] before `now`. A missing or unreadable time counts as
+/// long ago, as Calico reads it (the zero time).
+fn claimed_before(claim_time: Option<&str>, now: OffsetDateTime) -> bool {
+    let Some(at) = claim_time.and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()) else {
+        return true;
+    };
+    now - at >= EMPTY_BLOCK_MIN_RECLAIM_AGE
 }
 
 /// An object that vanished between a failed create and the read after it: try again.

@@ -56,6 +56,16 @@ pub struct Assigned {
     pub ipv6: Vec<IpNet>,
 }
 
+/// What settling an affinity whose block was not in the snapshot found.
+enum Settled {
+    /// The block was gone and is the node's again, with room.
+    Recreated(Box<Stored<IpamBlock>>),
+    /// The block is the node's (and full).
+    Ours,
+    /// The affinity was stale and is gone; it no longer counts against the block limit.
+    Forgotten,
+}
+
 /// State shared by the steps of one `auto_assign` call.
 struct Request<'a> {
     args: &'a AutoAssignArgs,
@@ -226,6 +236,8 @@ impl<D: Datastore> Ipam<D> {
         let node = &req.args.node;
         let pools = candidate_pools(&snapshot.pools, family, requested, req.args)?;
         let in_pools = |c: &IpNet| pools.iter().any(|p| p.value.cidr.contains(c));
+        self.release_unselected_blocks(snapshot, req.args, family, &pools)
+            .await;
         let mut got: Vec<IpNet> = Vec::new();
         // The node's blocks are counted, and kept out of the claim walk, by its affinities:
         // a snapshot may leave out full blocks, whose affinities it always carries.
@@ -251,6 +263,14 @@ impl<D: Datastore> Ipam<D> {
             .into_iter()
             .partition(|b| Family::of(&b.value.cidr) == family);
         snapshot.blocks = others;
+        // Confirmed claims whose block the snapshot does not show: full, gone, or taken over.
+        let seen: HashSet<IpNet> = mine.iter().map(|b| b.value.cidr).collect();
+        let unseen: Vec<IpNet> = live
+            .iter()
+            .filter(|a| a.value.state == AffinityState::Confirmed)
+            .map(|a| a.value.cidr)
+            .filter(|c| in_pools(c) && !seen.contains(c))
+            .collect();
         mine.sort_by_key(|b| {
             (
                 crate::cidr::ip_to_u128(b.value.cidr.network()),
@@ -280,6 +300,21 @@ impl<D: Datastore> Ipam<D> {
                 self.assign_from_block(block, req, num - got.len() as u32, Some(node))
                     .await?,
             );
+        }
+        if (got.len() as u32) < num && req.config.auto_allocate_blocks {
+            for cidr in unseen {
+                if got.len() as u32 == num {
+                    break;
+                }
+                match self.settle_affinity(node, cidr).await? {
+                    Settled::Recreated(block) => got.extend(
+                        self.assign_from_block(*block, req, num - got.len() as u32, Some(node))
+                            .await?,
+                    ),
+                    Settled::Ours => {}
+                    Settled::Forgotten => owned = owned.saturating_sub(1),
+                }
+            }
         }
         let limit = req.config.block_limit(req.args.max_blocks_per_host);
         let mut hit_limit = false;
@@ -327,6 +362,64 @@ impl<D: Datastore> Ipam<D> {
                 requested: num,
                 available,
             })
+        }
+    }
+
+    /// Settles a confirmed affinity of `node` whose block the snapshot did not show, as
+    /// Calico's `getBlockFromAffinity` does: a block that is gone is created again (and
+    /// returned), an affinity whose block another node (or none) owns is deleted, and a
+    /// block that is the node's (a full one) is left alone.
+    async fn settle_affinity(&self, node: &NodeName, cidr: IpNet) -> Result<Settled> {
+        let Ok(block) = BlockCidr::new(cidr) else {
+            return Ok(Settled::Ours);
+        };
+        match self.store.get::<IpamBlock>(&block.name()).await {
+            Err(StoreError::NotFound { .. }) => match self.claim_block(node, block).await {
+                Ok(b) => Ok(Settled::Recreated(Box::new(b))),
+                Err(Error::BlockOwned { .. }) => {
+                    self.release_affinity(block, node, false).await?;
+                    Ok(Settled::Forgotten)
+                }
+                Err(e) => Err(e),
+            },
+            Ok(b) if b.value.host() != Some(node.as_str()) => {
+                // Releasing checks the owner again and leaves another node's block alone.
+                self.release_affinity(block, node, false).await?;
+                Ok(Settled::Forgotten)
+            }
+            Ok(_) => Ok(Settled::Ours),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Releases `node`'s empty blocks of `family` whose pool neither serves this request nor
+    /// selects the node any more, as Calico's `prepareAffinityBlocksForHost` does on every
+    /// assignment. Best effort: a block in use stays, and a failure here is the next
+    /// request's to retry, never this one's.
+    async fn release_unselected_blocks(
+        &self,
+        snapshot: &NodeSnapshot,
+        args: &AutoAssignArgs,
+        family: Family,
+        pools: &[&Stored<IpPool>],
+    ) {
+        for aff in &snapshot.affinities {
+            let cidr = aff.value.cidr;
+            let unused = Family::of(&cidr) == family
+                && aff.value.state == AffinityState::Confirmed
+                && !pools.iter().any(|p| p.value.cidr.contains(&cidr));
+            if !unused {
+                continue;
+            }
+            let Some(pool) = snapshot.pools.iter().find(|p| p.value.cidr.contains(&cidr)) else {
+                continue;
+            };
+            if selects(&pool.value.node_selector, Some(&args.node_labels)) {
+                continue;
+            }
+            if let Ok(block) = BlockCidr::new(cidr) {
+                let _ = self.release_affinity(block, &args.node, true).await;
+            }
         }
     }
 
