@@ -16,6 +16,16 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .collect()
 }
 
+/// Strict affinity (no borrowing) and a block limit of `max_blocks`.
+async fn strict_with_limit(ipam: &ipam_core::Ipam<ipam_core::MemoryStore>, max_blocks: u32) {
+    let config = IpamConfig {
+        strict_affinity: true,
+        max_blocks_per_host: max_blocks,
+        ..IpamConfig::default()
+    };
+    ipam.set_config(config).await.unwrap();
+}
+
 #[test]
 fn the_block_limit_counts_only_the_requests_pools_and_a_request_cannot_raise_it() {
     pollster::block_on(async {
@@ -26,12 +36,7 @@ fn the_block_limit_counts_only_the_requests_pools_and_a_request_cannot_raise_it(
         ipam.create_pool("b", pool("10.2.0.0/24", 30))
             .await
             .unwrap();
-        let config = IpamConfig {
-            strict_affinity: true,
-            max_blocks_per_host: 1,
-            ..IpamConfig::default()
-        };
-        ipam.set_config(config).await.unwrap();
+        strict_with_limit(&ipam, 1).await;
         // A block of pool a does not count against a request for pool b.
         let mut in_a = args("n1", 4, 0, "in-a");
         in_a.pools4 = vec!["a".into()];
@@ -175,12 +180,7 @@ fn a_confirmed_affinity_whose_block_is_gone_gets_its_block_back() {
         ipam.create_pool("p", pool("10.9.0.0/29", 30))
             .await
             .unwrap();
-        let config = IpamConfig {
-            strict_affinity: true,
-            max_blocks_per_host: 1,
-            ..IpamConfig::default()
-        };
-        ipam.set_config(config).await.unwrap();
+        strict_with_limit(&ipam, 1).await;
         let got = ipam.auto_assign(&args("n1", 4, 0, "a")).await.unwrap();
         let cidr = block(ipam.store(), &got.ipv4[0].trunc().to_string()).await;
         // The block vanishes (deleted by hand, or lost); the affinity stays.
@@ -202,12 +202,7 @@ fn a_stale_affinity_is_deleted_and_no_longer_counts() {
         ipam.create_pool("p", pool("10.10.0.0/29", 30))
             .await
             .unwrap();
-        let config = IpamConfig {
-            strict_affinity: true,
-            max_blocks_per_host: 1,
-            ..IpamConfig::default()
-        };
-        ipam.set_config(config).await.unwrap();
+        strict_with_limit(&ipam, 1).await;
         let got = ipam.auto_assign(&args("n1", 1, 0, "a")).await.unwrap();
         // The block is handed to n2 behind n1's back; n1's affinity is stale.
         let store = ipam.store();

@@ -26,23 +26,8 @@ impl Certificates {
     pub fn new(dir: &Path) -> Certificates {
         let ca = dir.join("ca.pem");
         let ca_key = dir.join("ca.key");
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &text(&ca_key),
-            "-out",
-            &text(&ca),
-            "-days",
-            "2",
-            "-subj",
-            "/CN=ipam test CA",
-        ]);
+        // A self-signed request is the CA certificate itself.
+        new_key_and_request(&ca_key, &ca, "ipam test CA", &["-x509", "-days", "2"]);
         let certs = Certificates {
             ca,
             ca_key,
@@ -76,20 +61,7 @@ impl Certificates {
     /// extensions in `ext`, signed by the CA.
     fn sign(&self, dir: &Path, common_name: &str, ext: &Path, cert: &Path, key: &Path) {
         let csr = dir.join(format!("{common_name}.csr"));
-        openssl(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &text(key),
-            "-out",
-            &text(&csr),
-            "-subj",
-            &format!("/CN={common_name}"),
-        ]);
+        new_key_and_request(key, &csr, common_name, &[]);
         openssl(&[
             "x509",
             "-req",
@@ -108,6 +80,22 @@ impl Certificates {
             &text(ext),
         ]);
     }
+}
+
+/// A new P-256 key at `key` and a request (or, with `-x509` in `extra`, a self-signed
+/// certificate) for `common_name` at `out`.
+fn new_key_and_request(key: &Path, out: &Path, common_name: &str, extra: &[&str]) {
+    let (key, out, subject) = (text(key), text(out), format!("/CN={common_name}"));
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+    ];
+    args.extend(["-nodes", "-keyout", &key, "-out", &out, "-subj", &subject]);
+    args.extend_from_slice(extra);
+    openssl(&args);
 }
 
 fn text(path: &Path) -> String {
