@@ -37,7 +37,8 @@ pub struct ReleasedAffinities {
 
 impl<D: Datastore> Ipam<D> {
     /// Claims every block inside `cidr` for `node`; returns the blocks claimed and those
-    /// another node already owns.
+    /// refused: owned by another node, or wholly reserved (no address of it could ever be
+    /// handed out, so no node may hold it).
     pub async fn claim_affinity(
         &self,
         cidr: IpNet,
@@ -53,9 +54,14 @@ impl<D: Datastore> Ipam<D> {
         } else {
             cidr.trunc()
         };
+        let reservations = self.reservations().await?;
         let (mut claimed, mut refused) = (Vec::new(), Vec::new());
         for i in 0..blocks_in_pool(&span, size) {
             let block = nth_block(&span, size, i)?;
+            if reservations.covers_all(&block.net()) {
+                refused.push(block);
+                continue;
+            }
             match self.claim_block(node, block).await {
                 Ok(_) => claimed.push(block),
                 Err(Error::BlockOwned { .. }) => refused.push(block),
