@@ -79,6 +79,10 @@ enum Op {
     Gc {
         addr: u16,
     },
+    ClaimAffinity {
+        node: u8,
+        pick: u16,
+    },
 }
 
 /// How a release names the allocation's sequence number.
@@ -126,6 +130,17 @@ macro_rules! ensure {
 /// fresh stores from `make_store`, and panics with the shrunk failing sequence if any step
 /// disagrees with the model or breaks an invariant.
 pub fn run_model_test<D: Datastore + 'static>(make_store: impl Fn() -> D, cases: u32) {
+    run_model_test_async(|| std::future::ready(make_store()), cases);
+}
+
+/// [`run_model_test`] with a store made asynchronously, on the test's runtime (a network
+/// store's connection lives on the runtime that made it).
+pub fn run_model_test_async<D, F, Fut>(make_store: F, cases: u32)
+where
+    D: Datastore + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = D>,
+{
     let from_env = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse::<u32>().ok());
@@ -140,7 +155,7 @@ pub fn run_model_test<D: Datastore + 'static>(make_store: impl Fn() -> D, cases:
         .expect("a current-thread runtime");
     let mut runner = TestRunner::new(config);
     let result = runner.run(&prop::collection::vec(op(), 1..48), |ops| {
-        rt.block_on(run_case(make_store(), &ops))
+        rt.block_on(async { run_case(make_store().await, &ops).await })
             .map_err(TestCaseError::fail)
     });
     match result {
@@ -167,12 +182,13 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (node.clone(), any::<u8>(), any::<bool>()).prop_map(|(node, pick, must_be_empty)| {
             Op::ReleaseAffinity { node, pick, must_be_empty }
         }),
-        1 => node.prop_map(|node| Op::ReleaseHost { node }),
+        1 => node.clone().prop_map(|node| Op::ReleaseHost { node }),
         1 => (any::<bool>(), any::<bool>(), 0u8..3).prop_map(|(strict, cooldown, max_blocks)| {
             Op::SetConfig { strict, cooldown, max_blocks }
         }),
         2 => (1u8..=40).prop_map(|secs| Op::Advance { secs }),
         1 => any::<u16>().prop_map(|addr| Op::Gc { addr }),
+        1 => (node, any::<u16>()).prop_map(|(node, pick)| Op::ClaimAffinity { node, pick }),
     ]
 }
 
@@ -330,6 +346,7 @@ impl<D: Datastore + 'static> Harness<D> {
                 Ok(())
             }
             Op::Gc { addr } => self.gc(addr).await,
+            Op::ClaimAffinity { node: n, pick } => self.claim_affinity(n, pick).await,
         }
     }
 
@@ -545,6 +562,43 @@ impl<D: Datastore + 'static> Harness<D> {
                 ensure!(owned && must_be_empty && non_empty, "refused as not empty")
             }
             Err(e) => return Err(format!("unexpected error: {e}")),
+        }
+        Ok(())
+    }
+
+    /// Claims the block of a pool address for a node: granted when the block is missing,
+    /// already the node's, or empty without an owner; refused when another node owns it,
+    /// it holds addresses without an owner, or every address of it is reserved.
+    async fn claim_affinity(&mut self, n: u8, pick: u16) -> Step {
+        let (a, prefix) = self.addr(pick);
+        let cidr = block_of(a, prefix);
+        let before = self.block(cidr).await?;
+        let all_reserved = (0..cidr.size()).all(|o| self.model.reserved.contains(&cidr.addr(o)));
+        let claimable = !all_reserved
+            && before.as_ref().is_none_or(|b| match b.host() {
+                Some(owner) => owner == format!("n{n}"),
+                None => b.affinity.is_none() && b.is_empty(),
+            });
+        let (claimed, refused) = self
+            .ipam
+            .claim_affinity(cidr.net(), &node(n))
+            .await
+            .map_err(str)?;
+        ensure!(
+            claimed == [cidr] && refused.is_empty() || !claimable,
+            "{cidr} is claimable but claimed {claimed:?}, refused {refused:?}"
+        );
+        ensure!(
+            refused == [cidr] && claimed.is_empty() || claimable,
+            "{cidr} is another's but claimed {claimed:?}, refused {refused:?}"
+        );
+        if claimable {
+            let after = self.block(cidr).await?;
+            let host = after.as_ref().and_then(|b| b.host().map(str::to_owned));
+            ensure!(
+                host == Some(format!("n{n}")),
+                "{cidr} claimed but owned by {host:?}"
+            );
         }
         Ok(())
     }
