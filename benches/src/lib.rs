@@ -4,6 +4,7 @@
 //! The benchmarks drive the async API with `pollster`: `MemoryStore` never waits, and the
 //! SQLite store blocks inside its calls, so an executor would only add its own overhead.
 
+pub mod concurrent;
 pub mod sqlite;
 
 use std::fmt;

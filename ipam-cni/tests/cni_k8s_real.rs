@@ -24,7 +24,7 @@ use std::process::Output;
 use cni_support::netns::{BRIDGE_PLUGIN, Cleanup, addresses_in, bridge, require, sh};
 use cni_support::{Reply, container_env};
 use ipam_core::{IpPool, Ipam};
-use ipam_tests::apiserver::{ADMIN, KubeApiServer};
+use ipam_tests::apiserver::{ADMIN, KubeApiServer, reads_and_writes};
 use serde_json::{Value, json};
 
 /// The user a ServiceAccount token authenticates as: the subject `deploy/rbac.yaml` binds.
@@ -174,10 +174,10 @@ async fn nodes_allocate_at_once(server: &KubeApiServer) {
     }
 
     // A steady-state ADD on a node that has room, counted by the server itself.
-    let before = calico_requests(server).await;
+    let before = server.ipam_request_counts().await;
     plugin("ADD", "ctr-steady", &confs[0]).ips();
-    let after = calico_requests(server).await;
-    let (reads, writes) = diff(&before, &after);
+    let after = server.ipam_request_counts().await;
+    let (reads, writes) = reads_and_writes(&before, &after);
     eprintln!("steady-state ADD through the real server: {reads} reads, {writes} writes");
     assert!(
         writes >= 2,
@@ -295,45 +295,4 @@ async fn kubectl_json(server: &KubeApiServer, args: &[&str]) -> Value {
 async fn blocks_now(server: &KubeApiServer) -> Vec<Value> {
     let blocks = kubectl_json(server, &["get", "ipamblocks"]).await;
     blocks["items"].as_array().cloned().unwrap_or_default()
-}
-
-/// `apiserver_request_total` for `crd.projectcalico.org`, nodes and namespaces (what the
-/// plugin reads and writes), by verb, from the server's `/metrics` (read as the admin).
-async fn calico_requests(server: &KubeApiServer) -> BTreeMap<String, u64> {
-    let text = kubectl_ok(server, ADMIN, &["get", "--raw", "/metrics"]).await;
-    let mut by_verb = BTreeMap::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
-            continue;
-        };
-        let ours = rest.contains("group=\"crd.projectcalico.org\"")
-            || rest.contains("resource=\"nodes\"")
-            || rest.contains("resource=\"namespaces\"");
-        if !ours {
-            continue;
-        }
-        let verb = rest
-            .split("verb=\"")
-            .nth(1)
-            .and_then(|v| v.split('"').next());
-        let count = rest.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
-        if let (Some(verb), Some(count)) = (verb, count) {
-            *by_verb.entry(verb.to_owned()).or_insert(0) += count as u64;
-        }
-    }
-    by_verb
-}
-
-/// Reads (GET, LIST, WATCH) and writes (everything else) between two counts.
-fn diff(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> (u64, u64) {
-    let mut reads = 0;
-    let mut writes = 0;
-    for (verb, n) in after {
-        let d = n - before.get(verb).copied().unwrap_or(0);
-        match verb.as_str() {
-            "GET" | "LIST" | "WATCH" => reads += d,
-            _ => writes += d,
-        }
-    }
-    (reads, writes)
 }

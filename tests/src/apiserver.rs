@@ -21,6 +21,7 @@
 // A failed start is a failed test, which is what these helpers are for.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -447,6 +448,37 @@ impl KubeApiServer {
         }
     }
 
+    /// The server's own count of requests (`apiserver_request_total` on `/metrics`, read as
+    /// the admin) for what the IPAM clients touch: the `crd.projectcalico.org` kinds, nodes
+    /// and namespaces; by verb (`GET`, `LIST`, `POST`, `PUT`, `DELETE`, ...).
+    pub async fn ipam_request_counts(&self) -> BTreeMap<String, u64> {
+        let mut cmd = self.kubectl(ADMIN);
+        cmd.args(["get", "--raw", "/metrics"]);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("the kubectl task")
+            .expect("run kubectl");
+        assert!(out.status.success(), "kubectl get --raw /metrics failed");
+        let mut by_verb = BTreeMap::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(rest) = line.strip_prefix("apiserver_request_total{") else {
+                continue;
+            };
+            let ours = rest.contains("group=\"crd.projectcalico.org\"")
+                || rest.contains("resource=\"nodes\"")
+                || rest.contains("resource=\"namespaces\"");
+            let verb = rest
+                .split("verb=\"")
+                .nth(1)
+                .and_then(|v| v.split('"').next());
+            let count = rest.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+            if let (true, Some(verb), Some(count)) = (ours, verb, count) {
+                *by_verb.entry(verb.to_owned()).or_insert(0) += count as u64;
+            }
+        }
+        by_verb
+    }
+
     /// The last lines of kube-apiserver's log, for error messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(self.dir.path().join(LOG)).unwrap_or_default();
@@ -540,4 +572,22 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// Reads (GET, LIST, WATCH) and writes (everything else) between two of
+/// [`KubeApiServer::ipam_request_counts`].
+pub fn reads_and_writes(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+) -> (u64, u64) {
+    let mut reads = 0;
+    let mut writes = 0;
+    for (verb, n) in after {
+        let d = n - before.get(verb).copied().unwrap_or(0);
+        match verb.as_str() {
+            "GET" | "LIST" | "WATCH" => reads += d,
+            _ => writes += d,
+        }
+    }
+    (reads, writes)
 }

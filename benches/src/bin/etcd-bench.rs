@@ -5,23 +5,13 @@
 //! Usage: `etcd-bench [--endpoint URL] [--quick]`. Without `--endpoint` it starts its own etcd
 //! (Debian's `etcd-server`, on loopback, data in memory). `--quick` runs a tenth of the work.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
-use ipam_core::{AutoAssignArgs, Datastore, HandleId, IpPool, Ipam, NodeName, OpCounts};
+use ipam_benches::concurrent::{BoxError, Figures, ms, steady, storm};
+use ipam_core::{IpPool, Ipam};
 use ipam_etcd::{EtcdConfig, EtcdStore};
 use ipam_tests::etcd_server::LocalEtcd;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// What one scenario measured.
-struct Figures {
-    adds: usize,
-    wall: Duration,
-    latencies: Vec<Duration>,
-    ops: OpCounts,
-}
 
 fn main() -> Result<(), BoxError> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -55,10 +45,14 @@ async fn run(endpoint: &str, quick: bool) -> Result<(), BoxError> {
     );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (c, each) in [(1usize, 250usize), (8, 100), (64, 20)] {
-        let f = steady(endpoint, c, (each / scale).max(2)).await?;
+        let prefix = format!("/bench/steady-{c}/");
+        fresh_pool(endpoint, &prefix).await?;
+        let f = steady(|| store(endpoint, &prefix), c, (each / scale).max(2)).await?;
         row(&format!("steady ADD, {c} allocators"), &f, put);
     }
-    let f = storm(endpoint, 64).await?;
+    let prefix = "/bench/storm/";
+    fresh_pool(endpoint, prefix).await?;
+    let f = storm(|| store(endpoint, prefix), 64).await?;
     row("block-claim storm, 64 nodes", &f, put);
     Ok(())
 }
@@ -87,135 +81,15 @@ async fn fresh_pool(endpoint: &str, prefix: &str) -> Result<(), BoxError> {
     Ok(())
 }
 
-/// `c` allocators, each on its own node with its own client, each doing one warm-up ADD (the
-/// block claim) and then `each` timed ADDs.
-async fn steady(endpoint: &str, c: usize, each: usize) -> Result<Figures, BoxError> {
-    let prefix = format!("/bench/steady-{c}/");
-    fresh_pool(endpoint, &prefix).await?;
-    let mut allocators = Vec::with_capacity(c);
-    for i in 0..c {
-        let ipam = Ipam::new(store(endpoint, &prefix).await?, ipam_core::SystemClock);
-        let node = NodeName::new(format!("node-{i}"))?;
-        add(&ipam, &node, "warm").await?;
-        allocators.push((Arc::new(ipam), node));
-    }
-    let before: Vec<OpCounts> = allocators
-        .iter()
-        .map(|(a, _)| a.store().op_counts())
-        .collect();
-    let start = Instant::now();
-    let tasks: Vec<_> = allocators
-        .iter()
-        .map(|(ipam, node)| {
-            let (ipam, node) = (ipam.clone(), node.clone());
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(each);
-                for k in 0..each {
-                    let t = Instant::now();
-                    add(&ipam, &node, &k.to_string()).await?;
-                    lat.push(t.elapsed());
-                }
-                Ok::<_, BoxError>(lat)
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await??);
-    }
-    let wall = start.elapsed();
-    let ops = allocators
-        .iter()
-        .zip(&before)
-        .fold(OpCounts::default(), |sum, ((a, _), b)| {
-            add_counts(sum, a.store().op_counts().since(b))
-        });
-    Ok(Figures {
-        adds: latencies.len(),
-        wall,
-        latencies,
-        ops,
-    })
-}
-
-/// `n` nodes, each with its own client, doing their first ADD (a block claim) at once.
-async fn storm(endpoint: &str, n: usize) -> Result<Figures, BoxError> {
-    let prefix = "/bench/storm/";
-    fresh_pool(endpoint, prefix).await?;
-    let mut allocators = Vec::with_capacity(n);
-    for _ in 0..n {
-        allocators.push(Arc::new(Ipam::new(
-            store(endpoint, prefix).await?,
-            ipam_core::SystemClock,
-        )));
-    }
-    let start = Instant::now();
-    let tasks: Vec<_> = allocators
-        .iter()
-        .enumerate()
-        .map(|(i, ipam)| {
-            let ipam = ipam.clone();
-            tokio::spawn(async move {
-                let node = NodeName::new(format!("node-{i}"))?;
-                let t = Instant::now();
-                add(&ipam, &node, "first").await?;
-                Ok::<_, BoxError>(t.elapsed())
-            })
-        })
-        .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.push(t.await??);
-    }
-    let wall = start.elapsed();
-    let ops = allocators.iter().fold(OpCounts::default(), |sum, a| {
-        add_counts(sum, a.store().op_counts())
-    });
-    Ok(Figures {
-        adds: n,
-        wall,
-        latencies,
-        ops,
-    })
-}
-
-/// One ADD of one IPv4 address for `node`, with a handle named after the node and `tag`.
-async fn add(ipam: &Ipam<EtcdStore>, node: &NodeName, tag: &str) -> Result<(), BoxError> {
-    let handle = HandleId::new(format!("bench.{node}.{tag}"))?;
-    let args = AutoAssignArgs::new(node.clone(), 1, 0).with_handle(handle);
-    ipam.auto_assign(&args).await?;
-    Ok(())
-}
-
-fn add_counts(a: OpCounts, b: OpCounts) -> OpCounts {
-    OpCounts {
-        gets: a.gets + b.gets,
-        lists: a.lists + b.lists,
-        creates: a.creates + b.creates,
-        updates: a.updates + b.updates,
-        deletes: a.deletes + b.deletes,
-    }
-}
-
 fn row(name: &str, f: &Figures, put: Duration) {
-    let mut lat = f.latencies.clone();
-    lat.sort();
-    let pick = |q: f64| lat[((lat.len() - 1) as f64 * q).round() as usize];
-    let mean = lat.iter().sum::<Duration>() / lat.len().max(1) as u32;
-    let per = |n: u64| n as f64 / f.adds as f64;
+    let (reads, writes) = f.per_add();
     println!(
-        "| {name} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} | {:.2} | {:.1} |",
+        "| {name} | {} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {reads:.2} | {writes:.2} | {:.1} |",
         f.adds,
-        f.adds as f64 / f.wall.as_secs_f64(),
-        ms(mean),
-        ms(pick(0.5)),
-        ms(pick(0.99)),
-        per(f.ops.reads()),
-        per(f.ops.writes()),
-        mean.as_secs_f64() / put.as_secs_f64()
+        f.rate(),
+        ms(f.mean()),
+        ms(f.quantile(0.5)),
+        ms(f.quantile(0.99)),
+        f.mean().as_secs_f64() / put.as_secs_f64()
     );
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
