@@ -101,6 +101,7 @@ pub async fn fill_pool<D: Datastore>(
             state: AffinityState::Confirmed,
             affinity_type: Some("host".into()),
             deleted: false,
+            extra: Default::default(),
         };
         store
             .create(&affinity_name(node.as_str(), &cidr), affinity)

@@ -93,6 +93,7 @@ fn exercise_block(block: &mut IpamBlock, seed: usize) {
         handle_id: Some("fuzz.handle".to_owned()),
         secondary: BTreeMap::new(),
         released_at: None,
+        ..Default::default()
     };
     let n = (seed % 5) as u32;
     let skip_parity = seed % 2 == 0;

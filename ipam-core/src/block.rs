@@ -80,6 +80,7 @@ impl IpamBlock {
             sequence_number_for_allocation: Default::default(),
             deleted: false,
             strict_affinity: false,
+            extra: Default::default(),
         }
     }
 
@@ -123,7 +124,9 @@ impl IpamBlock {
             .is_some_and(|a| a.released_at.is_none())
     }
 
-    /// Live ordinals owned by `handle`.
+    /// Live ordinals owned by `handle`. An address cooling down belongs to no handle; the
+    /// `releasedAt` test is still needed for resting entries that blocks written by earlier
+    /// versions of ours left with their old handle.
     pub fn ordinals_of_handle(&self, handle: &str) -> Vec<u32> {
         (0..self.allocations.len() as u32)
             .filter(|&o| {
@@ -296,9 +299,13 @@ impl IpamBlock {
                 ReleaseOutcome::Released
             }
             Cooldown::Until(at) => {
+                // As Calico's `addCooldownAttribute`: the resting entry holds only the
+                // release time. Calico's handle lookups do not look at `releasedAt`, so a
+                // handle (or attrs, or unknown fields) left here would still own the address
+                // for Calico and kube-controllers.
                 let resting = AllocationAttribute {
                     released_at: Some(at.to_owned()),
-                    ..attr.clone()
+                    ..Default::default()
                 };
                 let index = self.attribute_index(&resting);
                 self.point(ordinal, Some(index));

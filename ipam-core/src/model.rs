@@ -86,6 +86,11 @@ pub enum AssignmentMode {
 }
 
 /// An `IPAMBlock`: one block of a pool and who holds each of its addresses.
+///
+/// Go writes the nil slices and maps of a fresh or old block as `null` (Calico's `newBlock`
+/// leaves `attributes` nil), so those fields read a missing value or `null` as empty; the
+/// three arrays are always written as arrays. A slot count that then does not match the
+/// CIDR is for [`IpamBlock::validate`] to refuse.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct IpamBlock {
@@ -94,27 +99,46 @@ pub struct IpamBlock {
     /// `host:<node>` or `virtual:<name>`; absent when the block has no affinity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<String>,
-    /// When the affinity was claimed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// When the affinity was claimed (RFC 3339). Calico's etcd model spells it
+    /// `affinity_claim_time`; it is read under either name and written as the CRD's.
+    #[serde(
+        default,
+        alias = "affinity_claim_time",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub affinity_claim_time: Option<String>,
     /// One entry per ordinal: `null` when free, else an index into `attributes`.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub allocations: Vec<Option<u32>>,
     /// Free ordinals, oldest free first.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub unallocated: VecDeque<u32>,
     /// Owners of allocations, shared by ordinals with equal attributes. Each entry is behind
     /// an `Arc` so that copying a block (every read of a store) copies pointers, not strings.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub attributes: Vec<Arc<AllocationAttribute>>,
     /// Raised on every write of the block.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub sequence_number: u64,
-    /// The block's sequence number when each ordinal was allocated.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// The block's sequence number when each ordinal was allocated, keyed by the ordinal
+    /// as text on the wire. Missing on blocks from before sequence numbers; Calico creates
+    /// the map on first use, so an empty one is left out.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub sequence_number_for_allocation: BTreeMap<u32, u64>,
     /// Soft-delete marker: readers treat a deleted block as absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub deleted: bool,
     /// Deprecated in Calico (the IPAMConfig setting is used); kept for the wire.
     #[serde(default)]
     pub strict_affinity: bool,
+    /// Fields this version does not know (the etcd model's `hostAffinity`, later Calico
+    /// fields), kept so a rewrite loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The owner of one or more allocations in a block.
@@ -125,11 +149,28 @@ pub struct AllocationAttribute {
     #[serde(rename = "handle_id", default, skip_serializing_if = "Option::is_none")]
     pub handle_id: Option<String>,
     /// Free-form details: node, namespace, pod, timestamp, type, ...
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    /// (Calico's `ActiveOwnerAttrs`; older Calico writes an empty one as `null`.)
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub secondary: BTreeMap<String, String>,
-    /// Set when the allocation was released under an IP cooldown (RFC 3339).
+    /// The other owner during a KubeVirt live migration (the target pod). The allocator
+    /// never sets it; it is kept so that our writes do not drop Calico's.
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub alternate_owner_attrs: BTreeMap<String, String>,
+    /// Set when the allocation was released under an IP cooldown (RFC 3339). Such an entry
+    /// holds nothing else: an address cooling down has no owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<String>,
+    /// Fields this version does not know, kept so a rewrite loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A `BlockAffinity`: the claim of one node on one block.
@@ -148,6 +189,9 @@ pub struct BlockAffinity {
     /// Soft-delete marker; Calico writes it as the string `"true"` or `"false"`.
     #[serde(default, with = "string_bool")]
     pub deleted: bool,
+    /// Fields this version does not know, kept so a rewrite loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The state of a block affinity.
@@ -168,12 +212,16 @@ pub struct IpamHandle {
     /// The handle ID, equal to the object's name.
     #[serde(rename = "handleID")]
     pub handle_id: String,
-    /// How many addresses the handle holds in each block, keyed by block CIDR.
-    #[serde(default)]
+    /// How many addresses the handle holds in each block, keyed by block CIDR. Go writes a
+    /// handle with no blocks as `null`.
+    #[serde(default, deserialize_with = "null_as_default")]
     pub block: BTreeMap<String, u32>,
     /// Soft-delete marker.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub deleted: bool,
+    /// Fields this version does not know, kept so a rewrite loses nothing.
+    #[serde(flatten)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The cluster-wide `IPAMConfig` (its name is always `default`).
@@ -294,6 +342,7 @@ impl IpamHandle {
             handle_id: handle_id.to_owned(),
             block: BTreeMap::new(),
             deleted: false,
+            extra: serde_json::Map::new(),
         }
     }
 
@@ -313,6 +362,16 @@ fn is_zero_u8(n: &u8) -> bool {
 
 fn is_zero_u32(n: &u32) -> bool {
     *n == 0
+}
+
+/// Reads a missing field (with `#[serde(default)]`) or Go's `null` (a nil slice or map
+/// without `omitempty`) as the empty value.
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 /// Calico's `BlockAffinity.deleted` is a string; accept a bool too, write the string.
@@ -354,6 +413,7 @@ mod tests {
             state: AffinityState::Confirmed,
             affinity_type: Some("host".into()),
             deleted: false,
+            extra: Default::default(),
         };
         let v = serde_json::to_value(&aff).unwrap();
         assert_eq!(v["deleted"], json!("false"));
@@ -380,6 +440,53 @@ mod tests {
         assert!(pool.allows(IntendedUse::Workload));
         assert!(!pool.allows(IntendedUse::LoadBalancer));
         assert_eq!(serde_json::to_value(&pool).unwrap(), v);
+    }
+
+    #[test]
+    fn block_fields_read_null_or_missing_as_empty() {
+        let nulls = json!({"cidr": "10.0.0.0/30", "allocations": null, "unallocated": null,
+            "attributes": null, "sequenceNumber": null, "sequenceNumberForAllocation": null,
+            "deleted": null});
+        for v in [nulls, json!({"cidr": "10.0.0.0/30"})] {
+            let b: IpamBlock = serde_json::from_value(v.clone()).unwrap();
+            assert!(b.allocations.is_empty() && b.unallocated.is_empty(), "{v}");
+            assert!(b.attributes.is_empty() && b.sequence_number_for_allocation.is_empty());
+            assert_eq!((b.sequence_number, b.deleted), (0, false));
+            assert!(
+                b.extra.is_empty(),
+                "known fields are not taken for unknown ones"
+            );
+        }
+    }
+
+    #[test]
+    fn sequence_keys_are_ordinals_in_text() {
+        // A flattened `extra` makes serde buffer the whole struct; the string keys must
+        // still parse as numbers from there, from text as from a value.
+        let v = json!({"cidr": "10.0.0.0/30", "sequenceNumberForAllocation": {"3": 9}});
+        let b: IpamBlock = serde_json::from_str(&v.to_string()).unwrap();
+        assert_eq!(b.sequence_number_for_allocation, BTreeMap::from([(3, 9)]));
+        let b: IpamBlock = serde_json::from_value(v).unwrap();
+        assert_eq!(b.sequence_number_for_allocation, BTreeMap::from([(3, 9)]));
+        let bad = json!({"cidr": "10.0.0.0/30", "sequenceNumberForAllocation": {"x": 9}});
+        assert!(serde_json::from_value::<IpamBlock>(bad).is_err());
+    }
+
+    #[test]
+    fn attribute_nulls_read_as_empty_and_unknown_fields_stay() {
+        let v = json!({"handle_id": null, "secondary": null, "alternateOwnerAttrs": null,
+            "releasedAt": null, "futureField": [1]});
+        let a: AllocationAttribute = serde_json::from_value(v).unwrap();
+        assert_eq!(a.extra.get("futureField"), Some(&json!([1])));
+        let expected = AllocationAttribute {
+            extra: a.extra.clone(),
+            ..Default::default()
+        };
+        assert_eq!(a, expected);
+        let migrating = json!({"handle_id": "h", "alternateOwnerAttrs": {"pod": "b"}});
+        let a: AllocationAttribute = serde_json::from_value(migrating.clone()).unwrap();
+        assert_eq!(a.alternate_owner_attrs["pod"], "b");
+        assert_eq!(serde_json::to_value(&a).unwrap(), migrating);
     }
 
     #[test]

@@ -22,6 +22,7 @@ fn affinity(node: &str, cidr: &str, state: AffinityState) -> BlockAffinity {
         state,
         affinity_type: Some("host".into()),
         deleted: false,
+        extra: Default::default(),
     }
 }
 

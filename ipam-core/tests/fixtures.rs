@@ -178,6 +178,7 @@ async fn seeded() -> ipam_core::Ipam<ipam_core::MemoryStore> {
         state: AffinityState::Confirmed,
         affinity_type: Some("host".into()),
         deleted: false,
+        extra: Default::default(),
     };
     let name = ipam_core::names::affinity_name("mac-k8s", &cidr);
     store.create(&name, aff).await.unwrap();

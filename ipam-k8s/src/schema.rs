@@ -65,6 +65,10 @@ pub fn spec_schema(kind: Kind) -> Value {
                         "handle_id": string(),
                         "secondary": {"type": "object",
                             "additionalProperties": {"type": "string"}},
+                        // KubeVirt live migration's second owner: declared so that the
+                        // API server does not prune it from Calico's writes.
+                        "alternateOwnerAttrs": {"type": "object",
+                            "additionalProperties": {"type": "string"}},
                         "releasedAt": {"type": "string", "format": "date-time"},
                     }
                 }},
@@ -207,6 +211,7 @@ mod tests {
                 "affinityClaimTime": "2024-01-01T00:00:00Z",
                 "allocations": [0, null, 0, null], "unallocated": [1, 3],
                 "attributes": [{"handle_id": "h", "secondary": {"node": "n1"},
+                                "alternateOwnerAttrs": {"pod": "p-target"},
                                 "releasedAt": "2024-01-01T00:00:00Z"}],
                 "sequenceNumber": 5, "sequenceNumberForAllocation": {"0": 3, "2": 4},
                 "deleted": false, "strictAffinity": false})),
@@ -312,6 +317,7 @@ mod tests {
             sequence_number_for_allocation: Default::default(),
             deleted: false,
             strict_affinity: false,
+            extra: Default::default(),
         };
         let minimal = [
             (Kind::IpamBlock, serde_json::to_value(block).unwrap()),

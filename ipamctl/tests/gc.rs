@@ -178,6 +178,7 @@ fn crash_leftovers_are_cleaned_up_after_the_grace_period() {
             state: AffinityState::Pending,
             affinity_type: Some("host".into()),
             deleted: false,
+            extra: Default::default(),
         },
     );
     // An assignment that died after writing its handle, and one that counted one too many.

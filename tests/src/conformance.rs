@@ -119,6 +119,7 @@ fn affinity(node: &str, cidr: &str, state: AffinityState) -> (String, BlockAffin
         state,
         affinity_type: Some("host".to_owned()),
         deleted: false,
+        extra: Default::default(),
     };
     (format!("{node}-{}", block_cidr(cidr).name()), value)
 }

@@ -120,6 +120,7 @@ fn full_objects() -> Vec<(&'static str, Value)> {
                    "affinityClaimTime": "2024-01-01T00:00:00Z",
                    "allocations": [0, null, 0, null], "unallocated": [1, 3],
                    "attributes": [{"handle_id": "h", "secondary": {"node": "n1", "pod": "p"},
+                                   "alternateOwnerAttrs": {"node": "n2", "pod": "p2"},
                                    "releasedAt": "2024-01-01T00:00:00Z"}],
                    "sequenceNumber": 1_722_000_000_000_000_000_i64,
                    "sequenceNumberForAllocation": {"0": 3, "2": 4},

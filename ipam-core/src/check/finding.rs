@@ -90,7 +90,8 @@ pub enum Finding {
         ip: IpAddr,
         /// Its block.
         block: IpNet,
-        /// Its former owner.
+        /// Its former owner, named only by resting entries from earlier versions of ours:
+        /// the entry written now holds only `releasedAt`, as Calico's does.
         handle: Option<String>,
         /// When it was released.
         released_at: String,

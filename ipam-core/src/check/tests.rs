@@ -263,6 +263,7 @@ fn live_owners_match_handles_containers_and_pods() {
         handle_id: h.map(Into::into),
         secondary: pod.map(|(n, p)| pod_attrs(n, p)).unwrap_or_default(),
         released_at: None,
+        ..Default::default()
     };
     assert!(live.is_live(&attr(Some("k8s.abc"), None)));
     assert!(live.is_live(&attr(Some("k8s-pod-network.def"), None)));

@@ -212,6 +212,7 @@ impl<D: Datastore> Ipam<D> {
             state: AffinityState::Pending,
             affinity_type: Some("host".into()),
             deleted: false,
+            extra: Default::default(),
         };
         let aff = match self.store.create(&aff_name, pending.clone()).await {
             Ok(revision) => Stored {

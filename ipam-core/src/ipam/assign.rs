@@ -127,6 +127,7 @@ impl<D: Datastore> Ipam<D> {
                 handle_id: args.handle.as_ref().map(|h| h.to_string()),
                 secondary: args.attrs.clone(),
                 released_at: None,
+                ..Default::default()
             },
             handle: None,
         };
@@ -178,6 +179,7 @@ impl<D: Datastore> Ipam<D> {
             handle_id: handle.map(|h| h.to_string()),
             secondary: attrs,
             released_at: None,
+            ..Default::default()
         };
         let ordinal = cidr.ordinal_of(ip).unwrap_or(0);
         let (config, attr) = (&config, &attr);

@@ -124,6 +124,7 @@ pub fn full_block(cidr: &str, node: &str) -> (String, IpamBlock) {
                 ),
             ]),
             released_at: None,
+            ..Default::default()
         };
         assert_eq!(b.assign(1, &attr, |_| false).len(), 1);
     }
