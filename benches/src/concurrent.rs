@@ -127,9 +127,9 @@ where
     Ok((figures, first, last))
 }
 
-/// `n` nodes, each with its own store from `make`, doing their first ADD (a block claim)
-/// at once.
-pub async fn storm<D, F, Fut>(make: F, n: usize) -> Result<Figures, BoxError>
+/// `n` nodes named `<node_prefix>-<i>`, each with its own store from `make`, doing their
+/// first ADD (a block claim) at once.
+pub async fn storm<D, F, Fut>(make: F, n: usize, node_prefix: &str) -> Result<Figures, BoxError>
 where
     D: Datastore + 'static,
     F: Fn() -> Fut,
@@ -145,8 +145,9 @@ where
         .enumerate()
         .map(|(i, ipam)| {
             let ipam = ipam.clone();
+            let node = NodeName::new(format!("{node_prefix}-{i}"));
             tokio::spawn(async move {
-                let node = NodeName::new(format!("node-{i}"))?;
+                let node = node?;
                 let t = Instant::now();
                 add(&ipam, &node, "first").await?;
                 Ok::<_, BoxError>(t.elapsed())

@@ -52,7 +52,7 @@ async fn run(endpoint: &str, quick: bool) -> Result<(), BoxError> {
     }
     let prefix = "/bench/storm/";
     fresh_pool(endpoint, prefix).await?;
-    let f = storm(|| store(endpoint, prefix), 64).await?;
+    let f = storm(|| store(endpoint, prefix), 64, "storm").await?;
     row("block-claim storm, 64 nodes", &f, put);
     Ok(())
 }

@@ -52,7 +52,7 @@ async fn run(quick: bool) -> Result<(), BoxError> {
         );
     }
     let before = server.ipam_request_counts().await;
-    let f = storm(make, 8).await?;
+    let f = storm(make, 8, "claim").await?;
     let after = server.ipam_request_counts().await;
     row(
         "block claim (first ADD), 8 nodes at once",
