@@ -58,8 +58,9 @@ pub struct Assigned {
 
 /// What settling an affinity whose block was not in the snapshot found.
 enum Settled {
-    /// The block was gone and is the node's again, with room.
-    Recreated(Box<Stored<IpamBlock>>),
+    /// The block is the node's and has room: recreated, or found though the snapshot
+    /// left it out.
+    Usable(Box<Stored<IpamBlock>>),
     /// The block is the node's (and full).
     Ours,
     /// The affinity was stale and is gone; it no longer counts against the block limit.
@@ -309,7 +310,7 @@ impl<D: Datastore> Ipam<D> {
                     break;
                 }
                 match self.settle_affinity(node, cidr).await? {
-                    Settled::Recreated(block) => got.extend(
+                    Settled::Usable(block) => got.extend(
                         self.assign_from_block(*block, req, num - got.len() as u32, Some(node))
                             .await?,
                     ),
@@ -369,15 +370,15 @@ impl<D: Datastore> Ipam<D> {
 
     /// Settles a confirmed affinity of `node` whose block the snapshot did not show, as
     /// Calico's `getBlockFromAffinity` does: a block that is gone is created again (and
-    /// returned), an affinity whose block another node (or none) owns is deleted, and a
-    /// block that is the node's (a full one) is left alone.
+    /// returned), an affinity whose block another node (or none) owns is deleted, a block
+    /// of the node's with room is returned, and a full one is left alone.
     async fn settle_affinity(&self, node: &NodeName, cidr: IpNet) -> Result<Settled> {
         let Ok(block) = BlockCidr::new(cidr) else {
             return Ok(Settled::Ours);
         };
         match self.store.get::<IpamBlock>(&block.name()).await {
             Err(StoreError::NotFound { .. }) => match self.claim_block(node, block).await {
-                Ok(b) => Ok(Settled::Recreated(Box::new(b))),
+                Ok(b) => Ok(Settled::Usable(Box::new(b))),
                 Err(Error::BlockOwned { .. }) => {
                     self.release_affinity(block, node, false).await?;
                     Ok(Settled::Forgotten)
@@ -389,6 +390,10 @@ impl<D: Datastore> Ipam<D> {
                 self.release_affinity(block, node, false).await?;
                 Ok(Settled::Forgotten)
             }
+            // Ours with room, though the snapshot did not show it: a store whose node-scoped
+            // list missed it (a Kubernetes block Calico rewrote without our node label).
+            // Assigning from it writes it back in full.
+            Ok(b) if b.value.has_room() => Ok(Settled::Usable(Box::new(b))),
             Ok(_) => Ok(Settled::Ours),
             Err(e) => Err(e.into()),
         }
