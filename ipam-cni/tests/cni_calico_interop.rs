@@ -1,0 +1,268 @@
+//! Side by side with Calico's own `calico-ipam` (v3.31, built from source by
+//! `scripts/build-peers`), on one real kube-apiserver carrying Calico's own CRDs: addresses
+//! Calico allocated are seen and released by ours, addresses ours allocated are released by
+//! Calico's, nodes of both never share an address, and `ipamctl`'s checks (the core's
+//! `check`) and `calicoctl ipam check` agree that the cluster is consistent.
+
+#![allow(clippy::unwrap_used)]
+
+mod cni_support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use cni_support::{Reply, container_env};
+use ipam_core::{HandleId, IpPool, Ipam};
+use ipam_k8s::KubeStore;
+use ipam_tests::apiserver::{ADMIN, KubeApiServer, peer_binary};
+use serde_json::{Value, json};
+
+const NETWORK: &str = "k8s-pod-network";
+const POOL_CIDR: &str = "10.232.0.0/22";
+
+/// Calico's CRDs as `scripts/build-peers` copied them from the Calico module.
+fn calico_crds() -> PathBuf {
+    let bin = peer_binary("CALICO_IPAM_BIN", "calico-ipam");
+    let dir = bin.parent().unwrap().parent().unwrap().join("calico-crds");
+    assert!(
+        dir.is_dir(),
+        "no {}: run scripts/build-peers",
+        dir.display()
+    );
+    dir
+}
+
+/// The network config both plugins get; only `ipam.type` differs.
+fn conf(server: &KubeApiServer, ipam_type: &str, node: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK,
+        "type": "calico",
+        "datastore_type": "kubernetes",
+        "kubernetes": {"kubeconfig": server.kubeconfig(ADMIN)},
+        "nodename": node,
+        "ipam": {"type": ipam_type, "assign_ipv4": "true", "assign_ipv6": "false"},
+    })
+}
+
+/// Runs Calico's `calico-ipam` as a runtime would.
+fn calico(cmd: &str, id: &str, conf: &Value) -> Reply {
+    let bin = peer_binary("CALICO_IPAM_BIN", "calico-ipam");
+    let mut env = container_env(cmd, id, "eth0");
+    env.push((
+        "CNI_ARGS".into(),
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id};K8S_POD_INFRA_CONTAINER_ID={id}"),
+    ));
+    let mut child = Command::new(&bin)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    reply(child.wait_with_output().unwrap())
+}
+
+fn reply(out: Output) -> Reply {
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    Reply {
+        status: out.status.code(),
+        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
+        stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs this project's plugin as a runtime would.
+fn ours(cmd: &str, id: &str, conf: &Value) -> Reply {
+    let mut env = container_env(cmd, id, "eth0");
+    env.push((
+        "CNI_ARGS".into(),
+        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id};K8S_POD_INFRA_CONTAINER_ID={id}"),
+    ));
+    cni_support::run(&env, &conf.to_string())
+}
+
+async fn kubectl_ok(server: &KubeApiServer, args: &[&str]) -> String {
+    let mut cmd = server.kubectl(ADMIN);
+    cmd.args(args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "kubectl {args:?}: {err}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn held(ipam: &Ipam<KubeStore>, id: &str) -> Vec<String> {
+    let handle = HandleId::new(format!("{NETWORK}.{id}")).unwrap();
+    match ipam.ips_by_handle(&handle).await {
+        Ok(ips) => ips.iter().map(|ip| ip.addr().to_string()).collect(),
+        Err(ipam_core::Error::HandleNotFound { .. }) => Vec::new(),
+        Err(e) => panic!("reading {handle}: {e}"),
+    }
+}
+
+/// What `calicoctl ipam check` says of the cluster.
+fn calicoctl_check(server: &KubeApiServer, dir: &Path) -> String {
+    let bin = peer_binary("CALICOCTL_BIN", "calicoctl");
+    let report = dir.join("calico-report.json");
+    let out = Command::new(bin)
+        .env_clear()
+        .env("DATASTORE_TYPE", "kubernetes")
+        .env("KUBECONFIG", server.kubeconfig(ADMIN))
+        .args(["ipam", "check", "--allow-version-mismatch", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "calicoctl ipam check: {text}");
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calico_ipam_and_ours_share_a_cluster() {
+    let server = KubeApiServer::start().await;
+    kubectl_ok(&server, &["apply", "-f", calico_crds().to_str().unwrap()]).await;
+    kubectl_ok(
+        &server,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = dir.path().join("nodes.json");
+    let mut items: Vec<Value> = ["node-calico", "node-ours"]
+        .iter()
+        .map(|n| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
+        .collect();
+    // What calico-node and calico-kube-controllers write at start-up, and calicoctl reads.
+    items.push(json!({
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "ClusterInformation",
+        "metadata": {"name": "default"},
+        "spec": {"datastoreReady": true, "calicoVersion": "v3.31.0", "clusterType": "k8s"},
+    }));
+    items.push(json!({
+        "apiVersion": "crd.projectcalico.org/v1", "kind": "KubeControllersConfiguration",
+        "metadata": {"name": "default"}, "spec": {"controllers": {}},
+    }));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
+    std::fs::write(&nodes, list.to_string()).unwrap();
+    kubectl_ok(&server, &["create", "-f", nodes.to_str().unwrap()]).await;
+    let admin = Ipam::new(server.store(ADMIN).await, ipam_core::SystemClock);
+    let mut pool = IpPool::new(POOL_CIDR.parse().unwrap());
+    pool.block_size = 26;
+    admin
+        .create_pool("default-ipv4-ippool", pool)
+        .await
+        .unwrap();
+
+    let calico_conf = conf(&server, "calico-ipam", "node-calico");
+    let ours_conf = conf(&server, "ipam-cni", "node-ours");
+
+    // Calico allocates; ours sees the allocation under Calico's handle and releases it.
+    let reply = calico("ADD", "from-calico", &calico_conf);
+    assert_eq!(reply.status, Some(0), "calico-ipam ADD: {reply:?}");
+    let ip = reply.json["ips"][0]["address"].as_str().unwrap().to_owned();
+    let addr = ip.split('/').next().unwrap().to_owned();
+    assert_eq!(held(&admin, "from-calico").await, vec![addr.clone()]);
+    let on_calico_node = conf(&server, "ipam-cni", "node-calico");
+    ours("DEL", "from-calico", &on_calico_node).ok();
+    assert!(
+        held(&admin, "from-calico").await.is_empty(),
+        "ours did not release {addr}"
+    );
+
+    // Ours allocates; Calico releases it.
+    let ip = ours("ADD", "from-ours", &ours_conf).ips()[0].clone();
+    let addr = ip.split('/').next().unwrap().to_owned();
+    assert_eq!(held(&admin, "from-ours").await, vec![addr.clone()]);
+    let on_our_node = conf(&server, "calico-ipam", "node-ours");
+    let reply = calico("DEL", "from-ours", &on_our_node);
+    assert_eq!(reply.status, Some(0), "calico-ipam DEL: {reply:?}");
+    assert!(
+        held(&admin, "from-ours").await.is_empty(),
+        "Calico did not release {addr}"
+    );
+
+    // Both at once on their own nodes: no address twice.
+    let mut seen = BTreeSet::new();
+    for i in 0..6 {
+        let c = calico("ADD", &format!("c{i}"), &calico_conf);
+        assert_eq!(c.status, Some(0), "calico-ipam ADD: {c:?}");
+        let c = c.json["ips"][0]["address"].as_str().unwrap().to_owned();
+        let o = ours("ADD", &format!("o{i}"), &ours_conf).ips()[0].clone();
+        assert!(seen.insert(c.clone()), "{c} handed out twice");
+        assert!(seen.insert(o.clone()), "{o} handed out twice");
+    }
+
+    // Our node kept using its one block after Calico rewrote it (without our node label).
+    let blocks = kubectl_ok(&server, &["get", "ipamblocks", "-o", "json"]).await;
+    let blocks: Value = serde_json::from_str(&blocks).unwrap();
+    let ours_blocks = blocks["items"].as_array().unwrap().iter();
+    let ours_blocks = ours_blocks.filter(|b| b["spec"]["affinity"] == "host:node-ours");
+    assert_eq!(ours_blocks.count(), 1, "{blocks}");
+
+    // Both checkers agree. No pod exists, so calicoctl (which looks for the pods' workload
+    // endpoints) calls every allocation unused; ours, told that no owner is alive, calls
+    // the same ones leaked, and neither finds anything else.
+    use ipam_core::check::{FindingKind, Live, LiveOwners, Snapshot, check};
+    let snapshot = Snapshot::read(admin.store()).await.unwrap();
+    let nobody = LiveOwners::default();
+    let live = Live {
+        owners: Some(&nobody),
+        nodes: None,
+    };
+    let report = check(&snapshot, &live, time::OffsetDateTime::now_utc());
+    let leaked = report
+        .findings
+        .iter()
+        .filter(|f| f.kind() == FindingKind::LeakedAllocation);
+    let others: Vec<_> = report
+        .findings
+        .iter()
+        .filter(|f| f.kind() != FindingKind::LeakedAllocation)
+        .collect();
+    assert!(others.is_empty(), "ours found more than leaks: {others:?}");
+    let ours_leaked = leaked.count();
+    assert_eq!(ours_leaked, 12, "six addresses of each plugin");
+    let calico_says = calicoctl_check(&server, dir.path());
+    let unused =
+        format!("Found {ours_leaked} IPs that are allocated in IPAM but not actually in use");
+    let total = format!("found {ours_leaked} problems");
+    assert!(
+        calico_says.contains(&unused) && calico_says.contains(&total),
+        "calicoctl disagrees with ours ({ours_leaked} leaked): {calico_says}"
+    );
+    // With every pod alive, ours finds nothing at all.
+    let pods: String = (0..6)
+        .map(|i| format!("default/c{i}\ndefault/o{i}\n"))
+        .collect();
+    let everyone = LiveOwners::parse(&pods).unwrap();
+    let live = Live {
+        owners: Some(&everyone),
+        nodes: None,
+    };
+    let report = check(&snapshot, &live, time::OffsetDateTime::now_utc());
+    assert!(report.is_clean(), "ours with every pod alive: {report:?}");
+    eprintln!("calicoctl ipam check:\n{calico_says}");
+}
