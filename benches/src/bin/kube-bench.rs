@@ -2,16 +2,24 @@
 //! builds, started on loopback with its own etcd): steady-state ADDs with 1 and 8
 //! allocators on different nodes and a block-claim storm of 8 nodes, with the requests per
 //! ADD counted by the client and by the server itself (`apiserver_request_total`), and a raw
-//! GET of one object through the same client stack as the peer, all in the same run.
+//! GET of one object through the same client stack as the peer, all in the same run. Then
+//! the CNI plugins side by side: Calico's `calico-ipam` (built by `scripts/build-peers`) and
+//! ours (`ipam-cni`, next to this binary), each doing the same ADDs and DELs as a runtime
+//! would, one process per call, on nodes of their own on the same server.
 //!
-//! Usage: `kube-bench [--quick]` (`--quick` runs a fifth of the work).
+//! Usage: `cargo build --release -p ipam-cni --bins -p ipam-benches --bin kube-bench &&
+//! target/release/kube-bench [--quick]` (`--quick` runs a fifth of the work).
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipam_benches::concurrent::{BoxError, Figures, ms, steady_observed, storm};
-use ipam_core::{IpPool, Ipam};
-use ipam_tests::apiserver::{ADMIN, KubeApiServer, reads_and_writes};
+use ipam_core::{IpPool, Ipam, OpCounts};
+use ipam_tests::apiserver::{ADMIN, KubeApiServer, peer_binary, reads_and_writes};
+use serde_json::json;
 
 fn main() -> Result<(), BoxError> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -61,7 +69,107 @@ async fn run(quick: bool) -> Result<(), BoxError> {
         &after,
         get,
     );
+    plugins(&server, (40 / scale).max(3)).await
+}
+
+/// The two plugins doing `n` ADDs then `n` DELs each on a node of their own, the first ADD
+/// claiming the node's block.
+async fn plugins(server: &KubeApiServer, n: usize) -> Result<(), BoxError> {
+    let ours = std::env::current_exe()?.with_file_name("ipam-cni");
+    if !ours.is_file() {
+        let hint = "cargo build --release -p ipam-cni --bins";
+        return Err(format!("no {}: {hint}", ours.display()).into());
+    }
+    let calico = peer_binary("CALICO_IPAM_BIN", "calico-ipam");
+    let pid = std::process::id();
+    let nodes = std::env::temp_dir().join(format!("kube-bench-{pid}-nodes.json"));
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "plugin-calico"}},
+        {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "plugin-ours"}},
+    ]});
+    std::fs::write(&nodes, list.to_string())?;
+    let mut create = server.kubectl(ADMIN);
+    create.args(["create", "-f"]).arg(&nodes);
+    let created = create.output()?.status.success();
+    std::fs::remove_file(&nodes)?;
+    if !created {
+        return Err("kubectl create nodes failed".into());
+    }
+    println!("\nCNI plugins, one process per call ({n} ADDs then {n} DELs each, one node each):\n");
+    println!(
+        "| plugin | verb | calls | mean | p50 | p99 | server reads/call | server writes/call |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, bin, ipam_type, node) in [
+        ("calico-ipam v3.31", &calico, "calico-ipam", "plugin-calico"),
+        ("ipam-cni (ours)", &ours, "ipam-cni", "plugin-ours"),
+    ] {
+        let conf = json!({
+            "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "calico",
+            "datastore_type": "kubernetes",
+            "kubernetes": {"kubeconfig": server.kubeconfig(ADMIN)},
+            "nodename": node,
+            "ipam": {"type": ipam_type, "assign_ipv4": "true", "assign_ipv6": "false"},
+        });
+        for verb in ["ADD", "DEL"] {
+            let before = server.ipam_request_counts().await;
+            let mut lat = Vec::with_capacity(n);
+            for i in 0..n {
+                let t = Instant::now();
+                run_plugin(bin, verb, &format!("{node}-{i}"), &conf)?;
+                lat.push(t.elapsed());
+            }
+            let after = server.ipam_request_counts().await;
+            plugin_row(name, verb, &lat, reads_and_writes(&before, &after));
+        }
+    }
     Ok(())
+}
+
+/// One plugin call as a runtime makes it; an error unless it succeeded.
+fn run_plugin(bin: &Path, verb: &str, id: &str, conf: &serde_json::Value) -> Result<(), BoxError> {
+    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
+    let mut child = Command::new(bin)
+        .env_clear()
+        .env("CNI_COMMAND", verb)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", format!("/var/run/netns/{id}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_ARGS", args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(conf.to_string().as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let said = String::from_utf8_lossy(&out.stdout);
+        Err(format!("{} {verb} {id}: {said}", bin.display()).into())
+    }
+}
+
+fn plugin_row(name: &str, verb: &str, lat: &[Duration], (reads, writes): (u64, u64)) {
+    let f = Figures {
+        adds: lat.len(),
+        wall: lat.iter().sum(),
+        latencies: lat.to_vec(),
+        ops: OpCounts::default(),
+    };
+    let per = |x: u64| x as f64 / lat.len().max(1) as f64;
+    println!(
+        "| {name} | {verb} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} | {:.2} |",
+        lat.len(),
+        ms(f.mean()),
+        ms(f.quantile(0.5)),
+        ms(f.quantile(0.99)),
+        per(reads),
+        per(writes)
+    );
 }
 
 /// Mean latency of `n` sequential GETs of the pool through kube-rs, as `KubeStore` sends them.
