@@ -109,7 +109,7 @@ pub fn spec_schema(kind: Kind) -> Value {
             "properties": {
                 "strictAffinity": boolean(),
                 "autoAllocateBlocks": boolean(),
-                "maxBlocksPerHost": {"type": "integer", "minimum": 0, "maximum": 2147483647},
+                "maxBlocksPerHost": {"type": "integer", "minimum": 0, "maximum": 1000000},
                 "ipCooldownSeconds": {"type": "integer", "minimum": 0, "maximum": 1200},
             }
         }),
