@@ -160,6 +160,19 @@ pub enum Command {
     Crds,
 }
 
+impl Command {
+    /// Whether the command only reads or changes what is already stored, so that a missing
+    /// embedded database is an error rather than a new empty one.
+    pub fn needs_existing_store(&self) -> bool {
+        match self {
+            Command::Pool { command } => !matches!(command, pool::PoolCommand::Create(_)),
+            Command::Config { command } => matches!(command, config::ConfigCommand::Get),
+            Command::Show(_) | Command::Check(_) | Command::Release(_) | Command::Gc(_) => true,
+            Command::Serve(_) | Command::Crds => false,
+        }
+    }
+}
+
 impl Cli {
     /// `spec` with the `--etcd-*` flags applied when it names etcd.
     pub fn with_etcd_flags(

@@ -38,6 +38,15 @@ fn main() -> ExitCode {
         Ok(spec) => cli.with_etcd_flags(spec),
         Err(e) => return fail(&e.to_string()),
     };
+    if let DatastoreSpec::Sqlite(path) = &spec {
+        if cli.command.needs_existing_store() && !path.exists() {
+            return fail(&format!(
+                "no IPAM database at {}: nothing has been stored there yet (the plugin creates \
+                 it on its first ADD, `ipamctl pool create` too); name another with --datastore",
+                path.display()
+            ));
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -85,6 +85,7 @@ fn pools_are_created_listed_fetched_and_deleted() {
 #[test]
 fn config_is_read_and_changed_with_validation() {
     let f = Fixture::new();
+    f.ipam(); // an empty database: reading a missing one is an error
     let c = f.json(0, &["config", "get"]);
     assert_eq!(c["autoAllocateBlocks"], true);
     assert_eq!(c["strictAffinity"], false);
@@ -237,4 +238,25 @@ fn an_unknown_datastore_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("etcdv9:x"));
+}
+
+#[test]
+fn reading_a_database_that_does_not_exist_says_so_and_creates_nothing() {
+    let f = Fixture::new();
+    for args in [
+        &["show"][..],
+        &["check"],
+        &["pool", "list"],
+        &["config", "get"],
+    ] {
+        let out = f.run(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no IPAM database at"), "{args:?}: {err}");
+        assert!(!f.db.exists(), "{args:?} created {}", f.db.display());
+    }
+    // Creating a pool creates the database.
+    f.expect(0, &["pool", "create", "p", "--cidr", "10.244.0.0/24"]);
+    assert!(f.db.exists());
+    f.expect(0, &["show"]);
 }
