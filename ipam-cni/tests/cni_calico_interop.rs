@@ -1,8 +1,8 @@
 //! Side by side with Calico's own `calico-ipam` (v3.31, built from source by
 //! `scripts/build-peers`), on one real kube-apiserver carrying Calico's own CRDs: addresses
 //! Calico allocated are seen and released by ours, addresses ours allocated are released by
-//! Calico's, nodes of both never share an address, and `ipamctl`'s checks (the core's
-//! `check`) and `calicoctl ipam check` agree that the cluster is consistent.
+//! Calico's, nodes of both never share an address, and `ipamctl check` and `calicoctl ipam
+//! check` agree on the cluster.
 
 #![allow(clippy::unwrap_used)]
 
@@ -111,6 +111,19 @@ async fn held(ipam: &Ipam<KubeStore>, id: &str) -> Vec<String> {
         Err(ipam_core::Error::HandleNotFound { .. }) => Vec::new(),
         Err(e) => panic!("reading {handle}: {e}"),
     }
+}
+
+/// `ipamctl -o json check --live <live>` on the cluster: its exit status and report.
+async fn ipamctl_check(server: &KubeApiServer, live: &Path) -> (u8, Value) {
+    use clap::Parser;
+    let live = live.to_str().unwrap();
+    let cli =
+        ipamctl::Cli::try_parse_from(["ipamctl", "-o", "json", "check", "--live", live]).unwrap();
+    let mut out = Vec::new();
+    let code = ipamctl::run(&cli, server.store(ADMIN).await, &mut out, None)
+        .await
+        .unwrap();
+    (code, serde_json::from_slice(&out).unwrap())
 }
 
 /// What `calicoctl ipam check` says of the cluster.
@@ -223,27 +236,19 @@ async fn calico_ipam_and_ours_share_a_cluster() {
     assert_eq!(ours_blocks.count(), 1, "{blocks}");
 
     // Both checkers agree. No pod exists, so calicoctl (which looks for the pods' workload
-    // endpoints) calls every allocation unused; ours, told that no owner is alive, calls
-    // the same ones leaked, and neither finds anything else.
-    use ipam_core::check::{FindingKind, Live, LiveOwners, Snapshot, check};
-    let snapshot = Snapshot::read(admin.store()).await.unwrap();
-    let nobody = LiveOwners::default();
-    let live = Live {
-        owners: Some(&nobody),
-        nodes: None,
-    };
-    let report = check(&snapshot, &live, time::OffsetDateTime::now_utc());
-    let leaked = report
-        .findings
+    // endpoints) calls every allocation unused; `ipamctl check`, told that no owner is
+    // alive, calls the same ones leaked, and neither finds anything else.
+    let nobody = dir.path().join("nobody");
+    std::fs::write(&nobody, "").unwrap();
+    let (code, report) = ipamctl_check(&server, &nobody).await;
+    assert_eq!(code, 1, "ipamctl check finds the leaks: {report}");
+    let findings = report["findings"].as_array().unwrap();
+    let others: Vec<_> = findings
         .iter()
-        .filter(|f| f.kind() == FindingKind::LeakedAllocation);
-    let others: Vec<_> = report
-        .findings
-        .iter()
-        .filter(|f| f.kind() != FindingKind::LeakedAllocation)
+        .filter(|f| f["kind"] != "leakedAllocation")
         .collect();
     assert!(others.is_empty(), "ours found more than leaks: {others:?}");
-    let ours_leaked = leaked.count();
+    let ours_leaked = findings.len();
     assert_eq!(ours_leaked, 12, "six addresses of each plugin");
     let calico_says = calicoctl_check(&server, dir.path());
     let unused =
@@ -253,16 +258,13 @@ async fn calico_ipam_and_ours_share_a_cluster() {
         calico_says.contains(&unused) && calico_says.contains(&total),
         "calicoctl disagrees with ours ({ours_leaked} leaked): {calico_says}"
     );
-    // With every pod alive, ours finds nothing at all.
+    // With every pod alive, ipamctl check finds nothing at all.
+    let everyone = dir.path().join("everyone");
     let pods: String = (0..6)
         .map(|i| format!("default/c{i}\ndefault/o{i}\n"))
         .collect();
-    let everyone = LiveOwners::parse(&pods).unwrap();
-    let live = Live {
-        owners: Some(&everyone),
-        nodes: None,
-    };
-    let report = check(&snapshot, &live, time::OffsetDateTime::now_utc());
-    assert!(report.is_clean(), "ours with every pod alive: {report:?}");
+    std::fs::write(&everyone, pods).unwrap();
+    let (code, report) = ipamctl_check(&server, &everyone).await;
+    assert_eq!(code, 0, "ipamctl check with every pod alive: {report}");
     eprintln!("calicoctl ipam check:\n{calico_says}");
 }
