@@ -10,7 +10,7 @@ mod cni_support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 
 use cni_support::{Reply, container_env};
 use ipam_core::{HandleId, IpPool, Ipam};
@@ -46,50 +46,26 @@ fn conf(server: &KubeApiServer, ipam_type: &str, node: &str) -> Value {
     })
 }
 
+/// The CNI_ARGS a kubelet sends for a pod named after the container.
+fn pod_args(id: &str) -> (String, String) {
+    let args = format!(
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id};K8S_POD_INFRA_CONTAINER_ID={id}"
+    );
+    ("CNI_ARGS".into(), args)
+}
+
 /// Runs Calico's `calico-ipam` as a runtime would.
 fn calico(cmd: &str, id: &str, conf: &Value) -> Reply {
     let bin = peer_binary("CALICO_IPAM_BIN", "calico-ipam");
     let mut env = container_env(cmd, id, "eth0");
-    env.push((
-        "CNI_ARGS".into(),
-        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id};K8S_POD_INFRA_CONTAINER_ID={id}"),
-    ));
-    let mut child = Command::new(&bin)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(conf.to_string().as_bytes())
-        .unwrap();
-    reply(child.wait_with_output().unwrap())
-}
-
-fn reply(out: Output) -> Reply {
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    Reply {
-        status: out.status.code(),
-        json: serde_json::from_str(stdout.trim()).unwrap_or(Value::Null),
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    env.push(pod_args(id));
+    cni_support::run_plugin(&bin, &env, &conf.to_string())
 }
 
 /// Runs this project's plugin as a runtime would.
 fn ours(cmd: &str, id: &str, conf: &Value) -> Reply {
     let mut env = container_env(cmd, id, "eth0");
-    env.push((
-        "CNI_ARGS".into(),
-        format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id};K8S_POD_INFRA_CONTAINER_ID={id}"),
-    ));
+    env.push(pod_args(id));
     cni_support::run(&env, &conf.to_string())
 }
 

@@ -120,7 +120,12 @@ pub fn container_env(cmd: &str, id: &str, ifname: &str) -> Vec<(String, String)>
 
 /// Runs the plugin with exactly `env` (nothing inherited but PATH) and `stdin`.
 pub fn run(env: &[(String, String)], stdin: &str) -> Reply {
-    let mut child = Command::new(PLUGIN)
+    run_plugin(Path::new(PLUGIN), env, stdin)
+}
+
+/// Runs the CNI plugin `binary` (ours or another) as [`run`] runs ours.
+pub fn run_plugin(binary: &Path, env: &[(String, String)], stdin: &str) -> Reply {
+    let mut child = Command::new(binary)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .envs(env.iter().map(|(k, v)| (k, v)))
