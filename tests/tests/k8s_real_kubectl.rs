@@ -467,7 +467,7 @@ async fn rbac_grants_what_deploy_says(k: &KubeApiServer) {
 
     let nobody = k.store(NOBODY).await;
     match nobody.list::<IpPool>(ipam_core::Scope::All).await {
-        Err(StoreError::Other { source }) => {
+        Err(StoreError::Denied { source }) => {
             assert!(source.to_string().contains("forbidden"), "{source}")
         }
         other => panic!("nobody listed pools: {other:?}"),
