@@ -365,6 +365,7 @@ impl KubeApiServer {
             .map(|c| c["metadata"]["name"].as_str().unwrap().to_owned())
             .collect();
         self.wait_established(&names).await;
+        self.wait_servable().await;
     }
 
     async fn crd_api(&self) -> Api<DynamicObject> {
@@ -406,6 +407,24 @@ impl KubeApiServer {
                     "{name} not Established within {ESTABLISHED_WITHIN:?}: {conditions}"
                 );
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// Waits until every IPAM kind can be listed: for a moment after its CRD is
+    /// `Established` the server still answers 429 ("storage is (re)initializing").
+    pub async fn wait_servable(&self) {
+        let deadline = Instant::now() + ESTABLISHED_WITHIN;
+        for plural in PLURALS {
+            let api = self.ipam_api(ADMIN, plural).await;
+            loop {
+                match api.list(&ListParams::default().limit(1)).await {
+                    Ok(_) => break,
+                    Err(kube::Error::Api(e)) if e.code == 429 && Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => panic!("{plural} cannot be listed: {e}"),
+                }
             }
         }
     }
