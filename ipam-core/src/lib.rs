@@ -45,7 +45,7 @@ pub use error::{Error, Result};
 pub use ipam::admin::{PoolCreate, special_range, validate_config, validate_pool};
 pub use ipam::{
     Allocation, Assigned, AutoAssignArgs, BlockUsage, EnsuredPools, Family, Ipam, Labels,
-    PoolUsage, ReleaseRequest, ReleasedAffinities, Usage, WantedPool,
+    LabelsFromStore, PoolUsage, ReleaseRequest, ReleasedAffinities, Usage, WantedPool,
 };
 pub use memory::MemoryStore;
 pub use model::{

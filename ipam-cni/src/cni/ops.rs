@@ -11,7 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipam_core::{
-    AutoAssignArgs, Datastore, Error as IpamError, HandleId, Ipam, Labelled, Labels, NodeName,
+    AutoAssignArgs, Datastore, Error as IpamError, HandleId, Ipam, LabelsFromStore, NodeName,
     WantedPool, clock::go_time_string,
 };
 use ipnet::IpNet;
@@ -184,8 +184,7 @@ async fn assign<D: Datastore>(
     if let Some(hl) = &ctx.config.host_local {
         return assign_host_local(ipam, ctx, att, handle, hl).await;
     }
-    let mut args = assign_args(ctx, att, handle);
-    (args.node_labels, args.namespace_labels) = selector_labels(ipam, ctx, att).await?;
+    let args = assign_args(ctx, att, handle);
     let first = ipam.auto_assign(&args).await;
     let got = match first {
         Err(IpamError::PoolNotFound { .. }) if ctx.create_pools => {
@@ -217,28 +216,6 @@ async fn assign<D: Datastore>(
 /// host-local mode: one address from each range set, in order, from the pools of its
 /// ranges (made to exist with their reservations first, on any store: the config
 /// defines them). All or nothing.
-/// The node's and the pod namespace's labels, for pool selectors, where the datastore holds
-/// those objects (the Kubernetes datastore: the Node and the Namespace, read at once). A
-/// node it does not know has no labels; a namespace it does not know, or a pod without one,
-/// matches only pools without a namespace selector.
-async fn selector_labels<D: Datastore>(
-    ipam: &Ipam<D>,
-    ctx: &Context<'_>,
-    att: &Attachment,
-) -> Result<(Labels, Option<Labels>)> {
-    let store = ipam.store();
-    let node = store.labels(Labelled::Node(ctx.node.as_str()));
-    let namespace = async {
-        match &att.pod.namespace {
-            Some(ns) => store.labels(Labelled::Namespace(ns)).await,
-            None => Ok(None),
-        }
-    };
-    let (node, namespace) = tokio::join!(node, namespace);
-    let node = node.map_err(IpamError::from)?.unwrap_or_default();
-    Ok((node, namespace.map_err(IpamError::from)?))
-}
-
 async fn assign_host_local<D: Datastore>(
     ipam: &Ipam<D>,
     ctx: &Context<'_>,
@@ -309,6 +286,10 @@ fn assign_args(ctx: &Context<'_>, att: &Attachment, handle: &HandleId) -> AutoAs
     .with_handle(handle.clone());
     args.pools4 = PluginConfig::pool_names(&c.ipv4_pools);
     args.pools6 = PluginConfig::pool_names(&c.ipv6_pools);
+    // Pool selectors read the Node's and the Namespace's labels where the store has them.
+    args.labels_from_store = Some(LabelsFromStore {
+        namespace: att.pod.namespace.clone(),
+    });
     let mut attrs = BTreeMap::new();
     attrs.insert("node".to_owned(), ctx.node.to_string());
     if let Some(ns) = &att.pod.namespace {

@@ -14,7 +14,9 @@ use crate::model::{
 };
 use crate::names::{HandleId, NodeName, fnv1a64};
 use crate::selector::Selector;
-use crate::store::{BatchWrite, Datastore, NodeSnapshot, Scope, StoreError, Stored, Write};
+use crate::store::{
+    BatchWrite, Datastore, Labelled, NodeSnapshot, Scope, StoreError, Stored, Write,
+};
 
 use super::{Family, Ipam, Labels, Reservations};
 
@@ -45,6 +47,17 @@ pub struct AutoAssignArgs {
     pub max_blocks_per_host: Option<u32>,
     /// What the addresses are for.
     pub intended_use: IntendedUse,
+    /// Read the node's labels, and those of the pod's namespace, from the datastore
+    /// ([`Datastore::labels`]) in place of `node_labels` and `namespace_labels`; read only
+    /// when a stored pool has a selector, so that the common case costs no round trip.
+    pub labels_from_store: Option<LabelsFromStore>,
+}
+
+/// What [`AutoAssignArgs::labels_from_store`] reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LabelsFromStore {
+    /// The pod's namespace, whose labels are read too; `None`: no namespace.
+    pub namespace: Option<String>,
 }
 
 /// Addresses handed out, with their block's prefix length (`10.244.3.17/26`).
@@ -91,6 +104,7 @@ impl AutoAssignArgs {
             pools6: Vec::new(),
             max_blocks_per_host: None,
             intended_use: IntendedUse::Workload,
+            labels_from_store: None,
         }
     }
 
@@ -116,6 +130,14 @@ impl<D: Datastore> Ipam<D> {
     /// and the error says how many could be found.
     pub async fn auto_assign(&self, args: &AutoAssignArgs) -> Result<Assigned> {
         let mut snapshot = self.store.node_snapshot(args.node.as_str()).await?;
+        let labelled;
+        let args = match &args.labels_from_store {
+            Some(from) if snapshot.pools.iter().any(|p| has_selector(&p.value)) => {
+                labelled = self.with_stored_labels(args, from).await?;
+                &labelled
+            }
+            _ => args,
+        };
         let mut req = Request {
             args,
             config: snapshot
@@ -366,6 +388,27 @@ impl<D: Datastore> Ipam<D> {
                 available,
             })
         }
+    }
+
+    /// `args` with the node's and the namespace's labels the store holds. A node the store
+    /// does not know has no labels; a namespace it does not know matches only pools without
+    /// a namespace selector.
+    async fn with_stored_labels(
+        &self,
+        args: &AutoAssignArgs,
+        from: &LabelsFromStore,
+    ) -> Result<AutoAssignArgs> {
+        let mut args = args.clone();
+        let node = self
+            .store
+            .labels(Labelled::Node(args.node.as_str()))
+            .await?;
+        args.node_labels = node.unwrap_or_default();
+        args.namespace_labels = match &from.namespace {
+            Some(ns) => self.store.labels(Labelled::Namespace(ns)).await?,
+            None => None,
+        };
+        Ok(args)
     }
 
     /// Settles a confirmed affinity of `node` whose block the snapshot did not show, as
@@ -691,6 +734,12 @@ pub(crate) fn candidate_pools<'p>(
         });
     }
     Ok(out)
+}
+
+/// Whether a pool's node or namespace selector can select less than everything.
+fn has_selector(pool: &IpPool) -> bool {
+    let narrows = |s: &str| !matches!(s.trim(), "" | "all()");
+    narrows(&pool.node_selector) || narrows(&pool.namespace_selector)
 }
 
 /// Whether a pool's `selector` selects an object with `labels`. An empty selector selects

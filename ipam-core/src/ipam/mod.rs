@@ -21,7 +21,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 
 pub use self::affinity::ReleasedAffinities;
-pub use self::assign::{Assigned, AutoAssignArgs};
+pub use self::assign::{Assigned, AutoAssignArgs, LabelsFromStore};
 pub use self::pools::{EnsuredPools, WantedPool};
 pub use self::release::{Allocation, ReleaseRequest};
 pub use self::usage::{BlockUsage, PoolUsage, Usage};
