@@ -181,7 +181,10 @@ async fn nodes_allocate_at_once(server: &KubeApiServer) {
     eprintln!("steady-state ADD through the real server: {reads} reads, {writes} writes");
     // The handle, then the node's snapshot (config, pools, reservations, affinities,
     // blocks); no pool has a selector yet, so no Node or Namespace read.
-    assert_eq!(reads, 6, "reads of a steady-state ADD: {before:?} -> {after:?}");
+    assert_eq!(
+        reads, 6,
+        "reads of a steady-state ADD: {before:?} -> {after:?}"
+    );
     assert!(
         writes >= 2,
         "an ADD writes its block and its handle: {after:?}"

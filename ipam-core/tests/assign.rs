@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::*;
-use ipam_core::{AssignmentMode, AutoAssignArgs, Error, IntendedUse, IpamConfig, ReleaseRequest};
+use ipam_core::{AssignmentMode, AutoAssignArgs, Error, IntendedUse, ReleaseRequest};
 
 #[test]
 fn ipv4_ipv6_and_dual_stack() {
@@ -212,15 +212,6 @@ fn assign_ip_claims_the_block_and_refuses_taken_addresses() {
         .unwrap();
         assert_consistent(ipam.store()).await;
     });
-}
-
-async fn strict(ipam: &ipam_core::Ipam<ipam_core::MemoryStore>, max_blocks: u32) {
-    let c = IpamConfig {
-        strict_affinity: true,
-        max_blocks_per_host: max_blocks,
-        ..Default::default()
-    };
-    ipam.set_config(c).await.unwrap();
 }
 
 #[test]

@@ -7,23 +7,13 @@
 mod common;
 
 use common::*;
-use ipam_core::{Datastore, Error, IpamConfig, Labels};
+use ipam_core::{Datastore, Error, Labels};
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
         .collect()
-}
-
-/// Strict affinity (no borrowing) and a block limit of `max_blocks`.
-async fn strict_with_limit(ipam: &ipam_core::Ipam<ipam_core::MemoryStore>, max_blocks: u32) {
-    let config = IpamConfig {
-        strict_affinity: true,
-        max_blocks_per_host: max_blocks,
-        ..IpamConfig::default()
-    };
-    ipam.set_config(config).await.unwrap();
 }
 
 #[test]
@@ -36,7 +26,7 @@ fn the_block_limit_counts_only_the_requests_pools_and_a_request_cannot_raise_it(
         ipam.create_pool("b", pool("10.2.0.0/24", 30))
             .await
             .unwrap();
-        strict_with_limit(&ipam, 1).await;
+        strict(&ipam, 1).await;
         // A block of pool a does not count against a request for pool b.
         let mut in_a = args("n1", 4, 0, "in-a");
         in_a.pools4 = vec!["a".into()];
@@ -153,11 +143,7 @@ fn an_empty_block_of_another_node_is_reclaimed_after_a_minute_when_none_is_free(
         ipam.release_by_handle(&handle("a")).await.unwrap();
         // n1's block is empty but was claimed a moment ago: with strict affinity (no
         // borrowing) n2 gets nothing yet.
-        let strict = IpamConfig {
-            strict_affinity: true,
-            ..IpamConfig::default()
-        };
-        ipam.set_config(strict).await.unwrap();
+        strict(&ipam, 0).await;
         let err = ipam.auto_assign(&args("n2", 1, 0, "b")).await.unwrap_err();
         assert!(matches!(err, Error::PoolExhausted { .. }), "{err}");
         // A minute later the empty block is n2's.
@@ -180,7 +166,7 @@ fn a_confirmed_affinity_whose_block_is_gone_gets_its_block_back() {
         ipam.create_pool("p", pool("10.9.0.0/29", 30))
             .await
             .unwrap();
-        strict_with_limit(&ipam, 1).await;
+        strict(&ipam, 1).await;
         let got = ipam.auto_assign(&args("n1", 4, 0, "a")).await.unwrap();
         let cidr = block(ipam.store(), &got.ipv4[0].trunc().to_string()).await;
         // The block vanishes (deleted by hand, or lost); the affinity stays.
@@ -202,7 +188,7 @@ fn a_stale_affinity_is_deleted_and_no_longer_counts() {
         ipam.create_pool("p", pool("10.10.0.0/29", 30))
             .await
             .unwrap();
-        strict_with_limit(&ipam, 1).await;
+        strict(&ipam, 1).await;
         let got = ipam.auto_assign(&args("n1", 1, 0, "a")).await.unwrap();
         // The block is handed to n2 behind n1's back; n1's affinity is stale.
         let store = ipam.store();

@@ -41,6 +41,16 @@ pub fn pool(cidr: &str, block_size: u8) -> IpPool {
     p
 }
 
+/// Strict affinity (no borrowing) with a block limit of `max_blocks` (0: Calico's 20).
+pub async fn strict(ipam: &Ipam<MemoryStore>, max_blocks: u32) {
+    let c = IpamConfig {
+        strict_affinity: true,
+        max_blocks_per_host: max_blocks,
+        ..Default::default()
+    };
+    ipam.set_config(c).await.unwrap();
+}
+
 pub fn args(n: &str, num4: u32, num6: u32, h: &str) -> AutoAssignArgs {
     AutoAssignArgs::new(node(n), num4, num6).with_handle(handle(h))
 }
