@@ -20,20 +20,7 @@ fn bridge_delegates_to_the_plugin_and_containers_talk() {
     require("/usr/sbin/ip", "iproute2");
     require("/usr/bin/ping", "iputils-ping");
     let id = std::process::id();
-    let cleanup = Cleanup {
-        namespaces: vec![format!("ipcni-{id}-a"), format!("ipcni-{id}-b")],
-        bridge: format!("ipcni{id}"),
-    };
-    for ns in &cleanup.namespaces {
-        sh("ip", &["netns", "add", ns]);
-    }
-    // The bridge is made here with a fixed MAC: a Linux bridge otherwise takes the lowest
-    // MAC of its ports, which changes when the second container joins, and bridge's CHECK
-    // compares the bridge's MAC with the one in the first container's ADD result.
-    let br = cleanup.bridge.as_str();
-    sh("ip", &["link", "add", br, "type", "bridge"]);
-    sh("ip", &["link", "set", br, "address", "02:99:00:00:00:01"]);
-    sh("ip", &["link", "set", br, "up"]);
+    let cleanup = Cleanup::with_bridge("ipcni", "02:99:00:00:00:01");
     let net = cni_support::Net::new(&format!("e2e-{id}"));
     let conf = json!({
         "cniVersion": "1.0.0",

@@ -35,13 +35,7 @@ fn shipped_host_local_conflist_gives_gateway_route_and_traffic() {
     )
     .unwrap();
     let id = std::process::id();
-    let cleanup = Cleanup {
-        namespaces: vec![format!("ipgw-{id}-a"), format!("ipgw-{id}-b")],
-        bridge: format!("ipgw{id}"),
-    };
-    for ns in &cleanup.namespaces {
-        sh("ip", &["netns", "add", ns]);
-    }
+    let cleanup = Cleanup::namespaces("ipgw");
     let data = tempfile::tempdir().unwrap();
     let mut conf = shipped["plugins"][0].clone();
     conf["cniVersion"] = shipped["cniVersion"].clone();

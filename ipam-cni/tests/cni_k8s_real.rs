@@ -77,19 +77,8 @@ fn shipped_conf(server: &KubeApiServer, bridge: &str, node: &str) -> Value {
 }
 
 async fn shipped_conflist_through_bridge(server: &KubeApiServer) {
-    let id = std::process::id();
-    let cleanup = Cleanup {
-        namespaces: vec![format!("ipk8s-{id}-a"), format!("ipk8s-{id}-b")],
-        bridge: format!("ipk8s{id}"),
-    };
-    for ns in &cleanup.namespaces {
-        sh("ip", &["netns", "add", ns]);
-    }
-    // A fixed MAC, so bridge's CHECK of the first container still matches (see cni_bridge.rs).
+    let cleanup = Cleanup::with_bridge("ipk8s", "02:99:00:00:00:02");
     let br = cleanup.bridge.as_str();
-    sh("ip", &["link", "add", br, "type", "bridge"]);
-    sh("ip", &["link", "set", br, "address", "02:99:00:00:00:02"]);
-    sh("ip", &["link", "set", br, "up"]);
     let conf = shipped_conf(server, br, "node-bridge");
 
     let mut added = Vec::new();

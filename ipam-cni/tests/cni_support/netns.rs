@@ -15,6 +15,35 @@ pub struct Cleanup {
     pub bridge: String,
 }
 
+impl Cleanup {
+    /// Two namespaces `<tag>-<pid>-a` and `-b`, removed on drop, and the name of a bridge
+    /// `<tag><pid>` (left to bridge to make, unless [`Cleanup::with_bridge`]).
+    pub fn namespaces(tag: &str) -> Cleanup {
+        let id = std::process::id();
+        let cleanup = Cleanup {
+            namespaces: vec![format!("{tag}-{id}-a"), format!("{tag}-{id}-b")],
+            bridge: format!("{tag}{id}"),
+        };
+        for ns in &cleanup.namespaces {
+            sh("ip", &["netns", "add", ns]);
+        }
+        cleanup
+    }
+
+    /// [`Cleanup::namespaces`] with the bridge made here, up, with the fixed MAC `mac`: a
+    /// Linux bridge otherwise takes the lowest MAC of its ports, which changes when the
+    /// second container joins, and bridge's CHECK compares the bridge's MAC with the one in
+    /// the first container's ADD result.
+    pub fn with_bridge(tag: &str, mac: &str) -> Cleanup {
+        let cleanup = Cleanup::namespaces(tag);
+        let br = cleanup.bridge.as_str();
+        sh("ip", &["link", "add", br, "type", "bridge"]);
+        sh("ip", &["link", "set", br, "address", mac]);
+        sh("ip", &["link", "set", br, "up"]);
+        cleanup
+    }
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         for ns in &self.namespaces {
