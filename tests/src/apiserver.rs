@@ -17,6 +17,7 @@
 //! Binaries: `KUBE_APISERVER_BIN`, `KUBECTL_BIN` and `KUBE_ETCD_BIN`, else
 //! `${IPAM_PEERS_DIR:-/var/cache/ipam-rs/peers}/current/bin/{kube-apiserver,kubectl,etcd}`.
 //! A missing one is a failed test whose message says to run `scripts/build-peers`.
+//! `IPAM_KUBE_APISERVER_ARGS` adds flags to kube-apiserver (for experiments).
 
 // A failed start is a failed test, which is what these helpers are for.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -212,6 +213,8 @@ impl KubeApiServer {
             // No Endpoints for the `kubernetes` Service: nothing would use them.
             .arg("--endpoint-reconciler-type=none")
             .arg("--profiling=false")
+            // Extra flags for experiments (`--watch-cache=false`, say), split on spaces.
+            .args(extra_args())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -591,6 +594,13 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// `IPAM_KUBE_APISERVER_ARGS`, split on whitespace: flags added to every start.
+fn extra_args() -> Vec<String> {
+    std::env::var("IPAM_KUBE_APISERVER_ARGS")
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
 }
 
 /// Reads (GET, LIST, WATCH) and writes (everything else) between two of
