@@ -91,9 +91,7 @@ pub(crate) fn open(path: &Path, access: &Access) -> Result<Connection> {
     let read = conn.unchecked_transaction().map_err(setup)?;
     check_version(&read, path, user_version(&read, path)?)?;
     drop(read);
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(setup)?;
+    let mode = switch_to_wal(&conn).map_err(setup)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Incompatible {
             path: path.to_owned(),
@@ -123,6 +121,25 @@ pub(crate) fn open(path: &Path, access: &Access) -> Result<Connection> {
         .map_err(setup)?;
     migrate(&mut conn, path)?;
     Ok(conn)
+}
+
+/// Sets the WAL journal mode and returns the mode in force. Openers of a fresh file that
+/// switch at the same moment each hold the read lock the other must wait out; SQLite then
+/// answers "busy" at once instead of calling the busy handler (waiting would deadlock), so
+/// the switch is tried again, within [`BUSY_TIMEOUT`].
+fn switch_to_wal(conn: &Connection) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(e)
+                if e.sqlite_error_code() == Some(ErrorCode::DatabaseBusy)
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            done => return done,
+        }
+    }
 }
 
 /// The schema version in the file, mapping "not a database" to its own error.

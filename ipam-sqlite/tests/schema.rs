@@ -125,26 +125,35 @@ fn someone_elses_database_is_refused_untouched() {
     assert!(matches!(err, Error::Incompatible { .. }), "{err:?}");
 }
 
+/// Processes started at once on a fresh node (a burst of pods) all open a file that does
+/// not exist yet: each must get a working store, whoever creates the schema and switches
+/// the file to WAL.
 #[test]
 fn many_openers_of_a_fresh_file_all_succeed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("race/ipam.db");
-    let handles: Vec<_> = (0..8)
-        .map(|i| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let s = SqliteStore::open(&path).unwrap();
-                let name = format!("h{i}");
-                pollster::block_on(s.create(&name, IpamHandle::new(&name))).unwrap();
+    const OPENERS: usize = 8;
+    for round in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("race/ipam.db");
+        let start = std::sync::Arc::new(std::sync::Barrier::new(OPENERS));
+        let handles: Vec<_> = (0..OPENERS)
+            .map(|i| {
+                let (path, start) = (path.clone(), start.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let s = SqliteStore::open(&path)
+                        .unwrap_or_else(|e| panic!("round {round}, opener {i}: {e:?}"));
+                    let name = format!("h{i}");
+                    pollster::block_on(s.create(&name, IpamHandle::new(&name))).unwrap();
+                })
             })
-        })
-        .collect();
-    for h in handles {
-        h.join().unwrap();
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let all = pollster::block_on(s.list::<IpamHandle>(ipam_core::Scope::All)).unwrap();
+        assert_eq!(all.len(), OPENERS, "round {round}");
     }
-    let s = SqliteStore::open(&path).unwrap();
-    let all = pollster::block_on(s.list::<IpamHandle>(ipam_core::Scope::All)).unwrap();
-    assert_eq!(all.len(), 8);
 }
 
 /// A database written by schema version 1 (before the `room` column) opens, is migrated, and

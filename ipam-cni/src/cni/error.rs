@@ -121,7 +121,7 @@ impl CniError {
 
     /// The CNI error to report, with its code.
     pub fn to_cni(&self) -> Cni {
-        let details = self.to_string();
+        let details = with_causes(self);
         match self {
             CniError::Config { .. } => Cni::InvalidNetworkConfig(details),
             CniError::Decode { .. } => Cni::FailedToDecode(details),
@@ -157,6 +157,22 @@ fn describe_all(failures: &[(String, ipam_core::Error)]) -> String {
     lines.join("; ")
 }
 
+/// The error and every cause below it that its own text does not already show, so that the
+/// runtime's log says why ("cannot prepare ...: database is locked"), not only what.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = c.source();
+    }
+    text
+}
+
 fn custom(code: u32, msg: &str, details: String) -> Cni {
     Cni::Custom(code, msg.to_owned(), details)
 }
@@ -180,5 +196,31 @@ fn ipam_error(e: &ipam_core::Error, details: String) -> Cni {
         // or the datastore's grants, not by the runtime's retry.
         E::Store(S::Denied { .. }) => Cni::InvalidNetworkConfig(details),
         _ => custom(codes::REFUSED, "Allocation refused", details),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("cannot prepare the database")]
+        Hidden(#[source] std::io::Error),
+        #[error("cannot decode: {0}")]
+        Shown(#[source] std::io::Error),
+    }
+
+    #[test]
+    fn details_name_each_cause_once() {
+        let cause = || std::io::Error::other("database is locked");
+        assert_eq!(
+            with_causes(&Outer::Hidden(cause())),
+            "cannot prepare the database: database is locked"
+        );
+        assert_eq!(
+            with_causes(&Outer::Shown(cause())),
+            "cannot decode: database is locked"
+        );
     }
 }
