@@ -123,8 +123,11 @@ fn calicoctl_check(server: &KubeApiServer, dir: &Path) -> String {
     text
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calico_ipam_and_ours_share_a_cluster() {
+/// A real API server with Calico's CRDs, the given Nodes, what Calico's components write at
+/// start-up, and one pool of /26 blocks.
+async fn calico_cluster(
+    node_names: &[&str],
+) -> (KubeApiServer, Ipam<KubeStore>, tempfile::TempDir) {
     let server = KubeApiServer::start().await;
     kubectl_ok(&server, &["apply", "-f", calico_crds().to_str().unwrap()]).await;
     kubectl_ok(
@@ -140,7 +143,7 @@ async fn calico_ipam_and_ours_share_a_cluster() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let nodes = dir.path().join("nodes.json");
-    let mut items: Vec<Value> = ["node-calico", "node-ours"]
+    let mut items: Vec<Value> = node_names
         .iter()
         .map(|n| json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}))
         .collect();
@@ -164,6 +167,67 @@ async fn calico_ipam_and_ours_share_a_cluster() {
         .create_pool("default-ipv4-ippool", pool)
         .await
         .unwrap();
+    (server, admin, dir)
+}
+
+/// The blocks affine to `node`, by CIDR.
+async fn blocks_of(server: &KubeApiServer, node: &str) -> Vec<String> {
+    let blocks = kubectl_ok(server, &["get", "ipamblocks", "-o", "json"]).await;
+    let blocks: Value = serde_json::from_str(&blocks).unwrap();
+    let affinity = format!("host:{node}");
+    let all = blocks["items"].as_array().unwrap().iter();
+    all.filter(|b| b["spec"]["affinity"] == affinity.as_str())
+        .map(|b| b["spec"]["cidr"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn in_block(address: &str, block: &str) -> bool {
+    let ip: std::net::IpAddr = address.split('/').next().unwrap().parse().unwrap();
+    block.parse::<ipnet::IpNet>().unwrap().contains(&ip)
+}
+
+/// On one node, each plugin allocates from the block the other claimed: ours finds the
+/// affinity Calico wrote (labelled Calico's way, without our label), and Calico finds ours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_plugin_uses_the_block_the_other_claimed_on_a_node() {
+    let (server, _admin, _dir) = calico_cluster(&["calico-first", "ours-first"]).await;
+
+    let c = calico("ADD", "c1", &conf(&server, "calico-ipam", "calico-first"));
+    assert_eq!(c.status, Some(0), "calico-ipam ADD: {c:?}");
+    let blocks = blocks_of(&server, "calico-first").await;
+    assert_eq!(blocks.len(), 1, "Calico claimed one block: {blocks:?}");
+    let o = ours("ADD", "o1", &conf(&server, "ipam-cni", "calico-first")).ips()[0].clone();
+    assert!(
+        in_block(&o, &blocks[0]),
+        "ours gave {o}, not from Calico's {blocks:?}"
+    );
+    assert_eq!(
+        blocks_of(&server, "calico-first").await,
+        blocks,
+        "ours claimed another"
+    );
+
+    let o = ours("ADD", "o2", &conf(&server, "ipam-cni", "ours-first")).ips()[0].clone();
+    let blocks = blocks_of(&server, "ours-first").await;
+    assert_eq!(blocks.len(), 1, "ours claimed one block: {blocks:?}");
+    assert!(in_block(&o, &blocks[0]));
+    let c = calico("ADD", "c2", &conf(&server, "calico-ipam", "ours-first"));
+    assert_eq!(c.status, Some(0), "calico-ipam ADD: {c:?}");
+    let c = c.json["ips"][0]["address"].as_str().unwrap().to_owned();
+    assert!(
+        in_block(&c, &blocks[0]),
+        "Calico gave {c}, not from our {blocks:?}"
+    );
+    assert_eq!(
+        blocks_of(&server, "ours-first").await,
+        blocks,
+        "Calico claimed another"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calico_ipam_and_ours_share_a_cluster() {
+    let (server, admin, dir) = calico_cluster(&["node-calico", "node-ours"]).await;
 
     let calico_conf = conf(&server, "calico-ipam", "node-calico");
     let ours_conf = conf(&server, "ipam-cni", "node-ours");
@@ -205,11 +269,8 @@ async fn calico_ipam_and_ours_share_a_cluster() {
     }
 
     // Our node kept using its one block after Calico rewrote it (without our node label).
-    let blocks = kubectl_ok(&server, &["get", "ipamblocks", "-o", "json"]).await;
-    let blocks: Value = serde_json::from_str(&blocks).unwrap();
-    let ours_blocks = blocks["items"].as_array().unwrap().iter();
-    let ours_blocks = ours_blocks.filter(|b| b["spec"]["affinity"] == "host:node-ours");
-    assert_eq!(ours_blocks.count(), 1, "{blocks}");
+    let ours_blocks = blocks_of(&server, "node-ours").await;
+    assert_eq!(ours_blocks.len(), 1, "{ours_blocks:?}");
 
     // Both checkers agree. No pod exists, so calicoctl (which looks for the pods' workload
     // endpoints) calls every allocation unused; `ipamctl check`, told that no owner is

@@ -12,6 +12,7 @@
 
 pub mod resource;
 pub mod schema;
+mod snapshot;
 pub mod store;
 
 pub use resource::{GROUP, NODE_LABEL, ResourceDef, VERSION};

@@ -3,9 +3,13 @@
 //! One table drives the CRD manifests, the server's discovery documents and Table
 //! responses, and `KubeStore`'s paths, so the three cannot disagree.
 
-use ipam_core::{Kind, Resource};
+use std::any::Any;
+
+use data_encoding::BASE32_NOPAD;
+use ipam_core::{BlockAffinity, Kind, Resource};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use sha3::Sha3_256;
 
 /// The API group of every resource here.
 pub const GROUP: &str = "crd.projectcalico.org";
@@ -16,6 +20,13 @@ pub const API_VERSION: &str = "crd.projectcalico.org/v1";
 /// The label naming the node an affinity or an affine block belongs to, so that node-scoped
 /// listing is a label selector answered by the API server, not a scan by the client.
 pub const NODE_LABEL: &str = "crd.projectcalico.org/node";
+/// The labels Calico (v3.30 and later) puts on every BlockAffinity and lists a node's
+/// affinities by. Writing them too means each side finds the other's affinities.
+pub const CALICO_HOSTNAME_HASH_LABEL: &str = "projectcalico.org/hostname-hash";
+/// The affinity's `spec.type` (`host`, `virtual`, or empty), as Calico labels it.
+pub const CALICO_AFFINITY_TYPE_LABEL: &str = "projectcalico.org/affinity-type";
+/// `4` or `6`, from the affinity's CIDR, as Calico labels it.
+pub const CALICO_IP_VERSION_LABEL: &str = "projectcalico.org/ip-version";
 
 /// One `additionalPrinterColumns` entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,13 +248,41 @@ pub fn node_label_value(node: &str) -> String {
     format!("h-{hex}")
 }
 
+/// Calico's label value for a node: host names may be longer than a label value, so it
+/// is the unpadded base32 of the name's SHA3-256 (52 characters).
+pub fn calico_hostname_hash(node: &str) -> String {
+    BASE32_NOPAD.encode(&Sha3_256::digest(node.as_bytes()))
+}
+
 /// The labels an object carries: derived from its spec, never stored separately.
 pub fn labels_of<R: Resource>(value: &R) -> Map<String, Value> {
     let mut labels = Map::new();
     if let Some(node) = value.node() {
         labels.insert(NODE_LABEL.to_owned(), Value::String(node_label_value(node)));
     }
+    if let Some(affinity) = (value as &dyn Any).downcast_ref::<BlockAffinity>() {
+        add_calico_affinity_labels(affinity, &mut labels);
+    }
     labels
+}
+
+fn add_calico_affinity_labels(affinity: &BlockAffinity, labels: &mut Map<String, Value>) {
+    let version = if affinity.cidr.addr().is_ipv4() {
+        "4"
+    } else {
+        "6"
+    };
+    let kind = affinity.affinity_type.clone().unwrap_or_default();
+    for (key, value) in [
+        (
+            CALICO_HOSTNAME_HASH_LABEL,
+            calico_hostname_hash(&affinity.node),
+        ),
+        (CALICO_AFFINITY_TYPE_LABEL, kind),
+        (CALICO_IP_VERSION_LABEL, version.to_owned()),
+    ] {
+        labels.insert(key.to_owned(), Value::String(value));
+    }
 }
 
 /// A stable UID for an object: a name-based UUID (version 8) of its group, kind and name.
@@ -276,6 +315,32 @@ pub fn node_scoped(kind: Kind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn affinities_carry_calicos_labels() {
+        // Values printed by Go's crypto/sha3 and base32 (StdEncoding, no padding), as
+        // Calico's EnsureBlockAffinityLabels computes them.
+        assert_eq!(
+            calico_hostname_hash("node-1"),
+            "A3XPYDATRKB7Q4SM2O5FN4RXIHBFIL2PITFX26BAIP5XAB2X74CA"
+        );
+        let affinity = BlockAffinity {
+            cidr: "fd00::/122".parse().expect("cidr"),
+            node: "a-very-long-node-name.example.com".into(),
+            state: ipam_core::AffinityState::Confirmed,
+            affinity_type: Some("host".into()),
+            deleted: false,
+            extra: Map::new(),
+        };
+        let labels = labels_of(&affinity);
+        let label = |k: &str| labels.get(k).and_then(Value::as_str).map(str::to_owned);
+        assert_eq!(
+            label(CALICO_HOSTNAME_HASH_LABEL).as_deref(),
+            Some("GEYM65P6UTA7YDT2XINE3T6NFKN4L35RXPKATW2HDYD56URYLKJQ")
+        );
+        assert_eq!(label(CALICO_AFFINITY_TYPE_LABEL).as_deref(), Some("host"));
+        assert_eq!(label(CALICO_IP_VERSION_LABEL).as_deref(), Some("6"));
+    }
 
     #[test]
     fn long_node_names_get_a_digest_label() {

@@ -7,8 +7,9 @@
 //! - `update` is a PUT naming the resourceVersion (409 -> `Conflict`); `create` is a POST
 //!   (409 -> `AlreadyExists`, unless the existing object is soft-deleted: then it is
 //!   replaced at its resourceVersion); `delete` sends `preconditions` (uid, resourceVersion).
-//! - Node-scoped lists are label-selector lists on [`NODE_LABEL`], which every write sets
-//!   from the spec; lists are paged (`limit`/`continue`).
+//! - Node-scoped lists are label-selector lists: affinities on Calico's hostname-hash label,
+//!   blocks on [`NODE_LABEL`]; every write sets the labels from the spec; lists are paged
+//!   (`limit`/`continue`). A node's snapshot finds its blocks through its affinities.
 //! - Every HTTP request is counted once in [`Datastore::op_counts`].
 
 use std::future::Future;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use ipam_core::retry::{RetryError, retry_conflicts};
 use ipam_core::store::{Op, OpCounter};
 use ipam_core::{
-    Datastore, IpPool, Labelled, Labels, OpCounts, Resource, Revision, Scope, StoreError, Stored,
+    Datastore, IpPool, Kind, Labelled, Labels, NodeSnapshot, OpCounts, Resource, Revision, Scope,
+    StoreError, Stored,
 };
 use k8s_openapi::api::core::v1::{Namespace, Node};
 use kube::api::{
@@ -29,7 +31,10 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
-use crate::resource::{API_VERSION, GROUP, NODE_LABEL, VERSION, labels_of, node_label_value};
+use crate::resource::{
+    API_VERSION, CALICO_HOSTNAME_HASH_LABEL, GROUP, NODE_LABEL, VERSION, calico_hostname_hash,
+    labels_of, node_label_value,
+};
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
@@ -302,6 +307,18 @@ fn map_err<R: Resource>(name: &str, e: kube::Error) -> StoreError {
     }
 }
 
+/// The label selector of `node`'s objects of `kind`: affinities by Calico's label, so that
+/// those Calico wrote are found; blocks (which Calico does not label) by ours.
+fn node_selector(kind: Kind, node: &str) -> String {
+    match kind {
+        Kind::BlockAffinity => format!(
+            "{CALICO_HOSTNAME_HASH_LABEL}={}",
+            calico_hostname_hash(node)
+        ),
+        _ => format!("{NODE_LABEL}={}", node_label_value(node)),
+    }
+}
+
 impl Datastore for KubeStore {
     async fn get<R: Resource>(&self, name: &str) -> Result<Stored<R>, StoreError> {
         let api = self.api::<R>();
@@ -320,7 +337,7 @@ impl Datastore for KubeStore {
         let api = self.api::<R>();
         let mut params = ListParams::default().limit(PAGE_SIZE);
         if let Scope::Node(node) = scope {
-            params = params.labels(&format!("{NODE_LABEL}={}", node_label_value(node)));
+            params = params.labels(&node_selector(R::KIND, node));
         }
         let mut out = Vec::new();
         for _ in 0..MAX_PAGES {
@@ -421,6 +438,10 @@ impl Datastore for KubeStore {
         };
         let found = found.map_err(|e| map_err::<IpPool>("", e))?;
         Ok(found.map(|m| m.labels.unwrap_or_default().into_iter().collect()))
+    }
+
+    async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
+        self.read_node_snapshot(node).await
     }
 
     fn op_counts(&self) -> OpCounts {
