@@ -25,100 +25,124 @@ fn string_list() -> Value {
 /// The `openAPIV3Schema` of `kind`'s `spec`.
 pub fn spec_schema(kind: Kind) -> Value {
     match kind {
-        Kind::IpPool => json!({
-            "type": "object",
-            "description": "IPPoolSpec: a CIDR that blocks are carved from.",
-            "required": ["cidr"],
-            "properties": {
-                "cidr": string(),
-                "blockSize": {"type": "integer"},
-                "nodeSelector": string(),
-                "namespaceSelector": string(),
-                "disabled": boolean(),
-                // A set, not `uniqueItems` (which kube-apiserver refuses in a structural
-                // schema: "uniqueItems cannot be set to true since the runtime complexity
-                // becomes quadratic"); a set list refuses duplicates all the same.
-                "allowedUses": {"type": "array", "x-kubernetes-list-type": "set",
-                    "items": {"type": "string", "enum": ["Workload", "Tunnel", "LoadBalancer"]}},
-                "assignmentMode": {"type": "string", "enum": ["Automatic", "Manual"]},
-                "natOutgoing": boolean(),
-                "ipipMode": {"type": "string", "enum": ["Never", "Always", "CrossSubnet"]},
-                "vxlanMode": {"type": "string", "enum": ["Never", "Always", "CrossSubnet"]},
-                "disableBGPExport": boolean(),
-            }
-        }),
-        Kind::IpamBlock => json!({
-            "type": "object",
-            "description": "IPAMBlockSpec: one block of a pool and who holds each address.",
-            "required": ["allocations", "attributes", "cidr", "sequenceNumber",
-                         "strictAffinity", "unallocated"],
-            "properties": {
-                "cidr": string(),
-                "affinity": string(),
-                "affinityClaimTime": {"type": "string", "format": "date-time"},
-                "allocations": {"type": "array",
-                    "items": {"type": "integer", "nullable": true}},
-                "unallocated": {"type": "array", "items": {"type": "integer"}},
-                "attributes": {"type": "array", "items": {
-                    "type": "object",
-                    "properties": {
-                        "handle_id": string(),
-                        "secondary": {"type": "object",
-                            "additionalProperties": {"type": "string"}},
-                        // KubeVirt live migration's second owner: declared so that the
-                        // API server does not prune it from Calico's writes.
-                        "alternateOwnerAttrs": {"type": "object",
-                            "additionalProperties": {"type": "string"}},
-                        "releasedAt": {"type": "string", "format": "date-time"},
-                    }
-                }},
-                "sequenceNumber": {"type": "integer", "format": "int64"},
-                "sequenceNumberForAllocation": {"type": "object",
-                    "additionalProperties": {"type": "integer", "format": "int64"}},
-                "deleted": boolean(),
-                "strictAffinity": boolean(),
-            }
-        }),
-        Kind::BlockAffinity => json!({
-            "type": "object",
-            "description": "BlockAffinitySpec: the claim of one node on one block.",
-            "required": ["cidr", "deleted", "node", "state"],
-            "properties": {
-                "cidr": string(),
-                "node": string(),
-                "state": string(),
-                "type": string(),
-                "deleted": {"type": "string",
-                    "description": "\"true\" or \"false\": a string, as Calico writes it."},
-            }
-        }),
-        Kind::IpamHandle => json!({
-            "type": "object",
-            "description": "IPAMHandleSpec: the blocks holding one owner's addresses.",
-            "required": ["block", "handleID"],
-            "properties": {
-                "handleID": string(),
-                "block": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "deleted": boolean(),
-            }
-        }),
-        Kind::IpamConfig => json!({
-            "type": "object",
-            "description": "IPAMConfigSpec: the cluster-wide IPAM settings.",
-            "required": ["autoAllocateBlocks", "strictAffinity"],
-            "properties": {
-                "strictAffinity": boolean(),
-                "autoAllocateBlocks": boolean(),
-                "maxBlocksPerHost": {"type": "integer", "minimum": 0, "maximum": 1000000},
-                "ipCooldownSeconds": {"type": "integer", "minimum": 0, "maximum": 1200},
-            }
-        }),
-        Kind::IpReservation => json!({
-            "type": "object",
-            "description": "IPReservationSpec: addresses never handed out.",
-            "properties": {"reservedCIDRs": string_list()}
-        }),
+        Kind::IpPool => pool_spec(),
+        Kind::IpamBlock => block_spec(),
+        Kind::BlockAffinity => affinity_spec(),
+        Kind::IpamHandle => handle_spec(),
+        Kind::IpamConfig => config_spec(),
+        Kind::IpReservation => reservation_spec(),
     }
+}
+
+fn pool_spec() -> Value {
+    json!({
+        "type": "object",
+        "description": "IPPoolSpec: a CIDR that blocks are carved from.",
+        "required": ["cidr"],
+        "properties": {
+            "cidr": string(),
+            "blockSize": {"type": "integer"},
+            "nodeSelector": string(),
+            "namespaceSelector": string(),
+            "disabled": boolean(),
+            // A set, not `uniqueItems` (which kube-apiserver refuses in a structural
+            // schema: "uniqueItems cannot be set to true since the runtime complexity
+            // becomes quadratic"); a set list refuses duplicates all the same.
+            "allowedUses": {"type": "array", "x-kubernetes-list-type": "set",
+                "items": {"type": "string", "enum": ["Workload", "Tunnel", "LoadBalancer"]}},
+            "assignmentMode": {"type": "string", "enum": ["Automatic", "Manual"]},
+            "natOutgoing": boolean(),
+            "ipipMode": {"type": "string", "enum": ["Never", "Always", "CrossSubnet"]},
+            "vxlanMode": {"type": "string", "enum": ["Never", "Always", "CrossSubnet"]},
+            "disableBGPExport": boolean(),
+        }
+    })
+}
+
+fn block_spec() -> Value {
+    json!({
+        "type": "object",
+        "description": "IPAMBlockSpec: one block of a pool and who holds each address.",
+        "required": ["allocations", "attributes", "cidr", "sequenceNumber",
+                     "strictAffinity", "unallocated"],
+        "properties": {
+            "cidr": string(),
+            "affinity": string(),
+            "affinityClaimTime": {"type": "string", "format": "date-time"},
+            "allocations": {"type": "array",
+                "items": {"type": "integer", "nullable": true}},
+            "unallocated": {"type": "array", "items": {"type": "integer"}},
+            "attributes": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "handle_id": string(),
+                    "secondary": {"type": "object",
+                        "additionalProperties": {"type": "string"}},
+                    // KubeVirt live migration's second owner: declared so that the
+                    // API server does not prune it from Calico's writes.
+                    "alternateOwnerAttrs": {"type": "object",
+                        "additionalProperties": {"type": "string"}},
+                    "releasedAt": {"type": "string", "format": "date-time"},
+                }
+            }},
+            "sequenceNumber": {"type": "integer", "format": "int64"},
+            "sequenceNumberForAllocation": {"type": "object",
+                "additionalProperties": {"type": "integer", "format": "int64"}},
+            "deleted": boolean(),
+            "strictAffinity": boolean(),
+        }
+    })
+}
+
+fn affinity_spec() -> Value {
+    json!({
+        "type": "object",
+        "description": "BlockAffinitySpec: the claim of one node on one block.",
+        "required": ["cidr", "deleted", "node", "state"],
+        "properties": {
+            "cidr": string(),
+            "node": string(),
+            "state": string(),
+            "type": string(),
+            "deleted": {"type": "string",
+                "description": "\"true\" or \"false\": a string, as Calico writes it."},
+        }
+    })
+}
+
+fn handle_spec() -> Value {
+    json!({
+        "type": "object",
+        "description": "IPAMHandleSpec: the blocks holding one owner's addresses.",
+        "required": ["block", "handleID"],
+        "properties": {
+            "handleID": string(),
+            "block": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "deleted": boolean(),
+        }
+    })
+}
+
+fn config_spec() -> Value {
+    json!({
+        "type": "object",
+        "description": "IPAMConfigSpec: the cluster-wide IPAM settings.",
+        "required": ["autoAllocateBlocks", "strictAffinity"],
+        "properties": {
+            "strictAffinity": boolean(),
+            "autoAllocateBlocks": boolean(),
+            "maxBlocksPerHost": {"type": "integer", "minimum": 0, "maximum": 1000000},
+            "ipCooldownSeconds": {"type": "integer", "minimum": 0, "maximum": 1200},
+        }
+    })
+}
+
+fn reservation_spec() -> Value {
+    json!({
+        "type": "object",
+        "description": "IPReservationSpec: addresses never handed out.",
+        "properties": {"reservedCIDRs": string_list()}
+    })
 }
 
 /// The whole object's `openAPIV3Schema` for `kind`.
