@@ -448,6 +448,7 @@ fn load_state(path: &Path) -> Result<GcState> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GcState::default()),
         Err(source) => Err(CtlError::Io {
+            action: "read",
             path: path.to_owned(),
             source,
         }),
@@ -457,6 +458,7 @@ fn load_state(path: &Path) -> Result<GcState> {
 /// Writes the state through a temporary file and a rename, so a crash leaves the old file.
 fn save_state(path: &Path, state: &GcState) -> Result<()> {
     let io = |source| CtlError::Io {
+        action: "write",
         path: path.to_owned(),
         source,
     };

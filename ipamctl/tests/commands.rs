@@ -260,3 +260,33 @@ fn reading_a_database_that_does_not_exist_says_so_and_creates_nothing() {
     assert!(f.db.exists());
     f.expect(0, &["show"]);
 }
+
+#[test]
+fn errors_keep_the_os_cause() {
+    let f = Fixture::new();
+    f.expect(0, &["pool", "create", "p", "--cidr", "10.244.0.0/24"]);
+    let missing = f.db.with_file_name("no-such-list.txt");
+    let out = f.run(&["check", "--live", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "cannot read {}: No such file or directory (os error 2)",
+        missing.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    // A cause the message itself leaves out (the password file's error names only the
+    // file) comes from the error's source chain.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+        .args(["--datastore", "etcdv3:http://127.0.0.1:1", "show"])
+        .args(["--etcd-username", "u", "--etcd-password-file"])
+        .arg(f.db.parent().unwrap())
+        .env_remove("IPAM_DATASTORE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read the etcd password file") && err.contains("Is a directory"),
+        "{err}"
+    );
+}
