@@ -40,9 +40,12 @@ fn pools_are_created_listed_fetched_and_deleted() {
         ],
     );
     let list = f.json(0, &["pool", "list"]);
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
     let pods = f.json(0, &["pool", "get", "10.244.0.0/16"]);
-    assert_eq!(pods["name"], "pods");
+    assert_eq!(pods["apiVersion"], "crd.projectcalico.org/v1");
+    assert_eq!(pods["kind"], "IPPool");
+    assert_eq!(pods["metadata"]["name"], "pods");
     assert_eq!(pods["spec"]["blockSize"], 24);
     assert_eq!(
         pods["spec"]["allowedUses"],
@@ -78,7 +81,7 @@ fn pools_are_created_listed_fetched_and_deleted() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 addresses in use"));
     f.expect(0, &["pool", "delete", "pods", "--release"]);
     f.expect(0, &["pool", "delete", "v6"]);
-    assert_eq!(f.json(0, &["pool", "list"]), serde_json::json!([]));
+    assert_eq!(f.json(0, &["pool", "list"])["items"], serde_json::json!([]));
     f.expect(0, &["check"]);
 }
 
