@@ -105,9 +105,16 @@ pub async fn run(
         return Ok(EXIT_OK);
     };
     let mut term = terminate_signal()?;
-    // Ends on a signal; each round is bounded by the interval.
+    // Ends on a signal; each round is bounded by the interval. A failed round (a file
+    // briefly held by another installer, a full disk) is reported and tried again at the
+    // next one, rather than restarting the container.
     while tokio::time::timeout(every, term.recv()).await.is_err() {
-        install_once(args, env, out)?;
+        if let Err(e) = install_once(args, env, out) {
+            eprintln!(
+                "ipamctl: install-cni: {}; trying again in {every:?}",
+                super::describe(&e)
+            );
+        }
     }
     Ok(EXIT_OK)
 }

@@ -53,6 +53,11 @@ impl Node {
     /// Runs the installer with the kubelet's variables for 10.0.0.1:443 and `env` on top
     /// (an empty value removes the variable).
     fn install(&self, env: &[(&str, &str)]) -> Output {
+        self.command(env).output().unwrap()
+    }
+
+    /// The installer's command line, as [`Node::install`] runs it.
+    fn command(&self, env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_ipamctl"));
         cmd.arg("install-cni")
             .arg("--plugin")
@@ -74,7 +79,7 @@ impl Node {
                 cmd.env(k, v);
             }
         }
-        cmd.output().unwrap()
+        cmd
     }
 
     fn install_ok(&self) -> String {
@@ -262,4 +267,53 @@ fn base64_decode(text: &str) -> Vec<u8> {
     base64::engine::general_purpose::STANDARD
         .decode(text)
         .unwrap()
+}
+
+/// Polls `done` every 50 ms for at most 20 s.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..400 {
+        if done() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("not within 20 s: {what}");
+}
+
+#[test]
+fn with_refresh_the_kubeconfig_follows_the_token_until_sigterm() {
+    let node = Node::new();
+    let mut child = Running(
+        node.command(&[])
+            .args(["--refresh", "100ms"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let has =
+        |token: &str| std::fs::read_to_string(node.kubeconfig()).is_ok_and(|t| t.contains(token));
+    eventually("the first install", || has("token-one"));
+    std::fs::write(node.path("sa/token"), "token-two\n").unwrap();
+    eventually("the rotated token in the kubeconfig", || has("token-two"));
+    assert_eq!(mode(&node.kubeconfig()), 0o600);
+    // PID 1 in a container ignores SIGTERM unless it handles it: the refresh loop does.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.0.wait().unwrap();
+    assert!(status.success(), "{status}");
+}
+
+/// A child process, killed if a failed check leaves it running.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
