@@ -111,7 +111,12 @@ async fn applies_as_a_dry_run_then_for_real(server: &KubeApiServer) {
         ],
     )
     .await;
-    for flag in ["--grace=", "--interval=", "--metrics-listen="] {
+    for flag in [
+        "--grace=",
+        "--interval=",
+        "--metrics-listen=",
+        "--lease-namespace=$(POD_NAMESPACE)",
+    ] {
         assert!(controller.contains(flag), "{controller}");
     }
     the_daemonset_mounts_the_generated_conflist(server).await;
