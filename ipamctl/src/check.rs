@@ -6,15 +6,16 @@
 //! corresponding leak check is skipped (and the report says so).
 
 use std::collections::BTreeSet;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
+use indicatif::ProgressBar;
 use ipam_core::check::{Live, LiveOwners, Report, Snapshot, check};
-use ipam_core::{Datastore, Ipam};
+use ipam_core::{Datastore, Ipam, IpamConfig, Scope, StoreError};
 use time::OffsetDateTime;
 
-use super::output::{Format, emit};
+use super::output::{Format, emit, scan_steps};
 use super::{CtlError, EXIT_FINDINGS, EXIT_OK, Result, read_input};
 
 /// `check` options.
@@ -60,14 +61,15 @@ pub async fn run<D: Datastore>(
         Some(path) => Some(parse_nodes(&read_input(path)?)),
         None => None,
     };
-    let spinner = reading_spinner();
-    let snapshot = Snapshot::read(ipam.store()).await?;
-    spinner.finish_and_clear();
+    let bar = scan_steps(SNAPSHOT_STEPS + 1, "reading the config", format);
+    let snapshot = read_snapshot(ipam.store(), &bar).await?;
+    bar.set_message("checking");
     let live = Live {
         owners: owners.as_ref(),
         nodes: nodes.as_ref(),
     };
     let report = check(&snapshot, &live, OffsetDateTime::now_utc());
+    bar.finish_and_clear();
     emit(out, format, &report, |w| print(w, &report, args.examples))?;
     Ok(if report.is_clean() {
         EXIT_OK
@@ -85,15 +87,38 @@ pub fn parse_nodes(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
-/// A spinner while the datastore is read, on a terminal only: reading a large Kubernetes
-/// or etcd store can take seconds.
-fn reading_spinner() -> indicatif::ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return indicatif::ProgressBar::hidden();
-    }
-    let s = indicatif::ProgressBar::new_spinner().with_message("reading the datastore");
-    s.enable_steady_tick(std::time::Duration::from_millis(120));
-    s
+/// The steps of [`read_snapshot`]: the config and four lists.
+pub const SNAPSHOT_STEPS: u64 = 5;
+
+/// Reads what [`Snapshot::read`] reads, one kind at a time, moving `bar` a step per kind:
+/// on a large Kubernetes or etcd store each list can take seconds, and the operator sees
+/// which one is being read.
+pub async fn read_snapshot<D: Datastore>(store: &D, bar: &ProgressBar) -> Result<Snapshot> {
+    let config = match store.get::<IpamConfig>(IpamConfig::NAME).await {
+        Ok(c) => c.value,
+        Err(StoreError::NotFound { .. }) => IpamConfig::default(),
+        Err(e) => return Err(e.into()),
+    };
+    let step = |next: &'static str| {
+        bar.inc(1);
+        bar.set_message(next);
+    };
+    step("reading pools");
+    let pools = store.list(Scope::All).await?;
+    step("reading blocks");
+    let blocks = store.list(Scope::All).await?;
+    step("reading handles");
+    let handles = store.list(Scope::All).await?;
+    step("reading affinities");
+    let affinities = store.list(Scope::All).await?;
+    bar.inc(1);
+    Ok(Snapshot {
+        pools,
+        blocks,
+        handles,
+        affinities,
+        config,
+    })
 }
 
 /// The human report: what was read, a count per kind, and examples.

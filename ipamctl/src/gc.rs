@@ -24,7 +24,8 @@ use ipam_core::{
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::output::{Format, emit, parse_duration, progress, table};
+use super::check::{SNAPSHOT_STEPS, read_snapshot};
+use super::output::{Format, emit, parse_duration, progress, scan_steps, table};
 use super::{CtlError, EXIT_OK, Result};
 
 /// `gc` options.
@@ -108,7 +109,8 @@ pub async fn run<D: Datastore>(
     };
     let mut done = 0u64;
     loop {
-        let report = pass(ipam, &mut state, args.grace, OffsetDateTime::now_utc()).await?;
+        let now = OffsetDateTime::now_utc();
+        let report = pass(ipam, &mut state, args.grace, now, format).await?;
         // What was done is printed before the state is saved, so a failing save cannot
         // hide it.
         emit(out, format, &report, |w| print(w, &report))?;
@@ -126,20 +128,24 @@ pub async fn run<D: Datastore>(
     Ok(EXIT_OK)
 }
 
-/// One gc pass at `now`: reads everything once, then acts.
+/// One gc pass at `now`: reads everything once, then acts (with progress shown as `format`
+/// allows).
 pub async fn pass<D: Datastore>(
     ipam: &Ipam<D>,
     state: &mut GcState,
     grace: Duration,
     now: OffsetDateTime,
+    format: Format,
 ) -> Result<PassReport> {
-    let snapshot = Snapshot::read(ipam.store()).await?;
+    let bar = scan_steps(SNAPSHOT_STEPS, "reading the config", format);
+    let snapshot = read_snapshot(ipam.store(), &bar).await?;
+    bar.finish_and_clear();
     let mut report = PassReport::default();
     let mut watch = Watch {
         now,
         grace: time::Duration::try_from(grace).unwrap_or(time::Duration::MAX),
     };
-    cooldowns(ipam, &snapshot, now, &mut report).await;
+    cooldowns(ipam, &snapshot, now, format, &mut report).await;
     empty_blocks(ipam, &snapshot, state, &mut watch, &mut report).await;
     affinities(ipam, &snapshot, state, &mut watch, &mut report).await;
     handles(ipam, &snapshot, state, &mut watch, &mut report).await;
@@ -177,6 +183,7 @@ async fn cooldowns<D: Datastore>(
     ipam: &Ipam<D>,
     snapshot: &Snapshot,
     now: OffsetDateTime,
+    format: Format,
     report: &mut PassReport,
 ) {
     let seconds = snapshot.config.ip_cooldown_seconds;
@@ -191,7 +198,7 @@ async fn cooldowns<D: Datastore>(
                 .any(|at| cooldown_over(at, seconds, now))
         })
         .collect();
-    let bar = progress(due.len() as u64, "returning cooled-down addresses");
+    let bar = progress(due.len() as u64, "returning cooled-down addresses", format);
     for b in due {
         match b.value.block_cidr() {
             Ok(cidr) => match ipam.release_cooled_down(cidr).await {
@@ -448,6 +455,7 @@ fn load_state(path: &Path) -> Result<GcState> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(GcState::default()),
         Err(source) => Err(CtlError::Io {
+            action: "read",
             path: path.to_owned(),
             source,
         }),
@@ -457,6 +465,7 @@ fn load_state(path: &Path) -> Result<GcState> {
 /// Writes the state through a temporary file and a rename, so a crash leaves the old file.
 fn save_state(path: &Path, state: &GcState) -> Result<()> {
     let io = |source| CtlError::Io {
+        action: "write",
         path: path.to_owned(),
         source,
     };

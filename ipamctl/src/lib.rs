@@ -10,6 +10,7 @@ pub mod check;
 pub mod config;
 pub mod crds;
 pub mod gc;
+pub mod install;
 pub mod output;
 pub mod pool;
 pub mod release;
@@ -41,8 +42,10 @@ pub enum CtlError {
     #[error(transparent)]
     Store(#[from] ipam_core::StoreError),
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    #[error("cannot {action} {path}: {source}")]
     Io {
+        /// What was tried (`read`, `write`, ...).
+        action: &'static str,
         /// The file.
         path: PathBuf,
         /// What failed.
@@ -77,6 +80,33 @@ pub enum CtlError {
     /// Output could not be serialized.
     #[error("serializing output: {0}")]
     Serialize(String),
+    /// `install-cni` found a symbolic link where it would put a file: a link planted in a
+    /// host directory could point the write anywhere, so it is refused, not followed.
+    #[error("refusing to replace {path}: it is a symbolic link (remove it to install)")]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// `install-cni` found something other than a regular file where it would put one.
+    #[error("refusing to replace {path}: it is not a regular file")]
+    NotAFile {
+        /// What is there.
+        path: PathBuf,
+    },
+    /// A variable the kubelet sets in every pod is missing.
+    #[error("{name} is not set: install-cni runs in a pod, where the kubelet sets it")]
+    MissingEnv {
+        /// The variable.
+        name: &'static str,
+    },
+    /// An environment variable has a value that cannot be used.
+    #[error("invalid {name}: {reason}")]
+    InvalidEnv {
+        /// The variable.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// An argument has a value that cannot be used.
     #[error("invalid {arg}: {reason}")]
     InvalidArgument {
@@ -158,6 +188,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Print the CustomResourceDefinitions (apiextensions.k8s.io/v1) of the IPAM resources.
     Crds,
+    /// Install the plugin, its kubeconfig and its conflist on this node (a DaemonSet's init
+    /// container runs it; with `--refresh` it keeps the kubeconfig's token fresh).
+    InstallCni(install::InstallArgs),
 }
 
 impl Command {
@@ -168,7 +201,7 @@ impl Command {
             Command::Pool { command } => !matches!(command, pool::PoolCommand::Create(_)),
             Command::Config { command } => matches!(command, config::ConfigCommand::Get),
             Command::Show(_) | Command::Check(_) | Command::Release(_) | Command::Gc(_) => true,
-            Command::Serve(_) | Command::Crds => false,
+            Command::Serve(_) | Command::Crds | Command::InstallCni(_) => false,
         }
     }
 }
@@ -220,12 +253,31 @@ pub async fn run<D: Datastore + 'static>(
         Command::Crds => crds::run(out),
         // Taken before the store was wrapped.
         Command::Serve(_) => Ok(EXIT_OK),
+        // Needs no store: the binary runs it without opening one.
+        Command::InstallCni(args) => install::run(args, &|k| std::env::var(k).ok(), out).await,
     }
+}
+
+/// An error's message followed by each cause in its source chain that the message does not
+/// already include, so the OS's reason ("Permission denied") is never lost.
+pub fn describe(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    // Chains are a few links long; the bound only guards against a cycle.
+    let causes = std::iter::successors(error.source(), |e| e.source()).take(16);
+    for cause in causes {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// Reads a file, or standard input for `-`.
 pub(crate) fn read_input(path: &std::path::Path) -> Result<String> {
     let io = |source| CtlError::Io {
+        action: "read",
         path: path.to_owned(),
         source,
     };

@@ -26,17 +26,13 @@ impl StoreOp for Run<'_> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The manifests need no datastore: print them without opening (or creating) one.
-    if matches!(cli.command, ctl::Command::Crds) {
-        return match ctl::crds::run(&mut std::io::stdout().lock()) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => fail(&e.to_string()),
-        };
+    if let Some(code) = run_without_store(&cli) {
+        return code;
     }
     // The flag also reads IPAM_DATASTORE (clap's `env`), so resolve needs no second look.
     let spec = match DatastoreSpec::resolve_from(cli.datastore.as_deref(), None) {
         Ok(spec) => cli.with_etcd_flags(spec),
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fail(&ctl::describe(&e)),
     };
     if let DatastoreSpec::Sqlite(path) = &spec {
         if cli.command.needs_existing_store() && !path.exists() {
@@ -47,12 +43,9 @@ fn main() -> ExitCode {
             ));
         }
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     let op = Run {
         cli: &cli,
@@ -60,9 +53,40 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(with_store(&spec, op)) {
         Ok(Ok(code)) => ExitCode::from(code),
-        Ok(Err(e)) => fail(&e.to_string()),
-        Err(e) => fail(&format!("cannot open datastore {spec}: {e}")),
+        Ok(Err(e)) => fail(&ctl::describe(&e)),
+        Err(e) => fail(&format!(
+            "cannot open datastore {spec}: {}",
+            ctl::describe(&e)
+        )),
     }
+}
+
+/// The commands that need no datastore, run without opening (or creating) one.
+fn run_without_store(cli: &Cli) -> Option<ExitCode> {
+    let outcome = match &cli.command {
+        ctl::Command::Crds => ctl::crds::run(&mut std::io::stdout().lock()),
+        ctl::Command::InstallCni(args) => {
+            let runtime = match runtime() {
+                Ok(rt) => rt,
+                Err(code) => return Some(code),
+            };
+            let env = |name: &str| std::env::var(name).ok();
+            let mut stdout = std::io::stdout().lock();
+            runtime.block_on(ctl::install::run(args, &env, &mut stdout))
+        }
+        _ => return None,
+    };
+    Some(match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&ctl::describe(&e)),
+    })
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(&format!("cannot start the runtime: {e}")))
 }
 
 fn fail(msg: &str) -> ExitCode {

@@ -73,15 +73,45 @@ where
     text
 }
 
-/// A progress bar on stderr, shown only for long scans and only when stderr is a terminal.
-pub fn progress(len: u64, what: &'static str) -> ProgressBar {
-    if len < PROGRESS_THRESHOLD || !std::io::stderr().is_terminal() {
+/// Whether progress is drawn: for people only, so only beside a table and only when stderr
+/// is a terminal; JSON and YAML are for machines, whose stderr may be a log.
+pub fn shows_progress(format: Format, stderr_is_terminal: bool) -> bool {
+    format == Format::Table && stderr_is_terminal
+}
+
+fn progress_wanted(format: Format) -> bool {
+    shows_progress(format, std::io::stderr().is_terminal())
+}
+
+/// A progress bar on stderr over `len` items, shown only for long scans (see
+/// [`shows_progress`]).
+pub fn progress(len: u64, what: &'static str, format: Format) -> ProgressBar {
+    if len < PROGRESS_THRESHOLD || !progress_wanted(format) {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(len).with_message(what);
     if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} ({eta})") {
         bar.set_style(style.progress_chars("=> "));
     }
+    bar
+}
+
+/// A progress bar on stderr over the steps of a scan (one list of a kind each), with a
+/// spinner and the time taken, since one step alone (every block of a large Kubernetes or
+/// etcd store) can take seconds. Shown as [`shows_progress`] says; [`ProgressBar::inc`]
+/// moves to the next step, [`ProgressBar::set_message`] names it.
+pub fn scan_steps(steps: u64, first: &'static str, format: Format) -> ProgressBar {
+    if !progress_wanted(format) {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(steps).with_message(first);
+    let template = "{spinner} {msg:<24} [{bar:20}] {pos}/{len} {elapsed}";
+    if let Ok(style) = ProgressStyle::with_template(template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    // Drawn now, not at the first tick, so even a short scan shows what it reads.
+    bar.tick();
+    bar.enable_steady_tick(Duration::from_millis(120));
     bar
 }
 
@@ -118,6 +148,14 @@ mod tests {
     fn tables_align_like_kubectl() {
         let t = table(&["NAME", "CIDR"], [["a", "10.0.0.0/16"], ["longer", "x"]]);
         assert_eq!(t, "NAME     CIDR\na        10.0.0.0/16\nlonger   x\n");
+    }
+
+    #[test]
+    fn progress_is_for_people_at_a_terminal() {
+        assert!(shows_progress(Format::Table, true));
+        assert!(!shows_progress(Format::Table, false));
+        assert!(!shows_progress(Format::Json, true));
+        assert!(!shows_progress(Format::Yaml, true));
     }
 
     #[test]

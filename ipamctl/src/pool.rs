@@ -89,11 +89,40 @@ pub enum Mode {
     Manual,
 }
 
-/// A pool as printed: its name and Calico spec.
+/// A pool as printed in JSON and YAML: the Kubernetes object, so that the output of
+/// `pool list -o yaml` can be given to `kubectl apply -f -`.
 #[derive(Debug, Serialize)]
-struct PoolView<'a> {
-    name: &'a str,
+#[serde(rename_all = "camelCase")]
+struct PoolObject<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    metadata: Metadata<'a>,
     spec: &'a IpPool,
+}
+
+#[derive(Debug, Serialize)]
+struct Metadata<'a> {
+    name: &'a str,
+}
+
+/// Several objects, as `kubectl get -o yaml` prints them.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ObjectList<T> {
+    api_version: &'static str,
+    kind: &'static str,
+    items: Vec<T>,
+}
+
+impl<'a> PoolObject<'a> {
+    fn new(pool: &'a Stored<IpPool>) -> Self {
+        PoolObject {
+            api_version: ipam_k8s::resource::API_VERSION,
+            kind: ipam_k8s::ResourceDef::of(ipam_core::Kind::IpPool).kind_name(),
+            metadata: Metadata { name: &pool.name },
+            spec: &pool.value,
+        }
+    }
 }
 
 /// Runs a pool command.
@@ -151,58 +180,60 @@ impl CreateArgs {
     }
 }
 
-/// Prints pools; `single` prints one object rather than a list in JSON and YAML.
+/// Prints pools; `single` prints one object rather than a `List` in JSON and YAML.
 fn print(
     out: &mut dyn Write,
     format: Format,
     pools: &[Stored<IpPool>],
     single: bool,
 ) -> Result<()> {
-    let views: Vec<PoolView<'_>> = pools
-        .iter()
-        .map(|p| PoolView {
-            name: &p.name,
-            spec: &p.value,
-        })
-        .collect();
-    let value = match (single, views.first()) {
-        (true, Some(v)) => serde_json::to_value(v),
-        _ => serde_json::to_value(&views),
-    }
-    .map_err(|e| super::CtlError::Serialize(e.to_string()))?;
-    emit(out, format, &value, |w| {
-        let rows = pools.iter().map(|p| {
-            let v = &p.value;
-            let uses: Vec<String> = if v.allowed_uses.is_empty() {
-                vec!["Workload".into(), "Tunnel".into()]
-            } else {
-                v.allowed_uses.iter().map(|u| format!("{u:?}")).collect()
+    let objects: Vec<PoolObject<'_>> = pools.iter().map(PoolObject::new).collect();
+    match (single, objects.first()) {
+        (true, Some(o)) => emit(out, format, o, |w| print_table(w, pools)),
+        _ => {
+            let list = ObjectList {
+                api_version: "v1",
+                kind: "List",
+                items: objects,
             };
-            [
-                p.name.clone(),
-                v.cidr.to_string(),
-                v.effective_block_size().to_string(),
-                if v.node_selector.is_empty() {
-                    "all()".into()
-                } else {
-                    v.node_selector.clone()
-                },
-                uses.join(","),
-                if v.is_manual() { "Manual" } else { "Automatic" }.into(),
-                v.disabled.to_string(),
-                or_dash(v.ipip_mode.as_deref().or(v.vxlan_mode.as_deref())),
-            ]
-        });
-        let header = [
-            "NAME",
-            "CIDR",
-            "BLOCK SIZE",
-            "SELECTOR",
-            "ALLOWED USES",
-            "ASSIGNMENT",
-            "DISABLED",
-            "ENCAP",
-        ];
-        w.write_all(table(&header, rows).as_bytes())
-    })
+            emit(out, format, &list, |w| print_table(w, pools))
+        }
+    }
+}
+
+/// The human table of pools.
+fn print_table(w: &mut dyn Write, pools: &[Stored<IpPool>]) -> std::io::Result<()> {
+    let rows = pools.iter().map(|p| {
+        let v = &p.value;
+        let uses: Vec<String> = if v.allowed_uses.is_empty() {
+            vec!["Workload".into(), "Tunnel".into()]
+        } else {
+            v.allowed_uses.iter().map(|u| format!("{u:?}")).collect()
+        };
+        [
+            p.name.clone(),
+            v.cidr.to_string(),
+            v.effective_block_size().to_string(),
+            if v.node_selector.is_empty() {
+                "all()".into()
+            } else {
+                v.node_selector.clone()
+            },
+            uses.join(","),
+            if v.is_manual() { "Manual" } else { "Automatic" }.into(),
+            v.disabled.to_string(),
+            or_dash(v.ipip_mode.as_deref().or(v.vxlan_mode.as_deref())),
+        ]
+    });
+    let header = [
+        "NAME",
+        "CIDR",
+        "BLOCK SIZE",
+        "SELECTOR",
+        "ALLOWED USES",
+        "ASSIGNMENT",
+        "DISABLED",
+        "ENCAP",
+    ];
+    w.write_all(table(&header, rows).as_bytes())
 }

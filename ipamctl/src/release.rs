@@ -170,7 +170,7 @@ async fn from_report<D: Datastore>(
         not_repaired: plan.not_repaired,
         ..FromReport::default()
     };
-    release_leaks(ipam, &plan.leaks, &mut done).await?;
+    release_leaks(ipam, &plan.leaks, format, &mut done).await?;
     for block in plan.cooled {
         done.cooldowns_folded
             .extend(ipam.release_cooled_down(block).await?);
@@ -224,9 +224,10 @@ impl Repairs {
 async fn release_leaks<D: Datastore>(
     ipam: &Ipam<D>,
     leaks: &[ReleaseRequest],
+    format: Format,
     done: &mut FromReport,
 ) -> Result<()> {
-    let bar = progress(leaks.len() as u64, "releasing leaks");
+    let bar = progress(leaks.len() as u64, "releasing leaks", format);
     for batch in leaks.chunks(BATCH) {
         for (ip, outcome) in ipam.release_ips(batch).await? {
             let handle = batch

@@ -10,7 +10,7 @@ use ipam_core::{Datastore, HandleId, Ipam, PoolUsage, Usage};
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::output::{Format, emit, or_dash, table};
+use super::output::{Format, emit, or_dash, scan_steps, table};
 use super::{CtlError, EXIT_OK, Result};
 
 /// `show` options.
@@ -93,7 +93,11 @@ pub async fn run<D: Datastore>(
     } else if let Some(handle) = &args.handle {
         show_handle(ipam, handle, format, out).await?;
     } else {
-        let usage = ipam.utilization(&args.pools).await?;
+        // One call lists pools, blocks and reservations; on a large store it takes seconds.
+        let bar = scan_steps(1, "reading pools and blocks", format);
+        let usage = ipam.utilization(&args.pools).await;
+        bar.finish_and_clear();
+        let usage = usage?;
         if usage.is_empty() && !args.pools.is_empty() {
             return Err(ipam_core::Error::PoolNotFound {
                 name: args.pools.join(","),

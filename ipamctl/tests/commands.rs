@@ -40,9 +40,12 @@ fn pools_are_created_listed_fetched_and_deleted() {
         ],
     );
     let list = f.json(0, &["pool", "list"]);
-    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert_eq!(list["kind"], "List");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
     let pods = f.json(0, &["pool", "get", "10.244.0.0/16"]);
-    assert_eq!(pods["name"], "pods");
+    assert_eq!(pods["apiVersion"], "crd.projectcalico.org/v1");
+    assert_eq!(pods["kind"], "IPPool");
+    assert_eq!(pods["metadata"]["name"], "pods");
     assert_eq!(pods["spec"]["blockSize"], 24);
     assert_eq!(
         pods["spec"]["allowedUses"],
@@ -78,7 +81,7 @@ fn pools_are_created_listed_fetched_and_deleted() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("2 addresses in use"));
     f.expect(0, &["pool", "delete", "pods", "--release"]);
     f.expect(0, &["pool", "delete", "v6"]);
-    assert_eq!(f.json(0, &["pool", "list"]), serde_json::json!([]));
+    assert_eq!(f.json(0, &["pool", "list"])["items"], serde_json::json!([]));
     f.expect(0, &["check"]);
 }
 
@@ -259,4 +262,34 @@ fn reading_a_database_that_does_not_exist_says_so_and_creates_nothing() {
     f.expect(0, &["pool", "create", "p", "--cidr", "10.244.0.0/24"]);
     assert!(f.db.exists());
     f.expect(0, &["show"]);
+}
+
+#[test]
+fn errors_keep_the_os_cause() {
+    let f = Fixture::new();
+    f.expect(0, &["pool", "create", "p", "--cidr", "10.244.0.0/24"]);
+    let missing = f.db.with_file_name("no-such-list.txt");
+    let out = f.run(&["check", "--live", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "cannot read {}: No such file or directory (os error 2)",
+        missing.display()
+    );
+    assert!(err.contains(&want), "{err}");
+    // A cause the message itself leaves out (the password file's error names only the
+    // file) comes from the error's source chain.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ipamctl"))
+        .args(["--datastore", "etcdv3:http://127.0.0.1:1", "show"])
+        .args(["--etcd-username", "u", "--etcd-password-file"])
+        .arg(f.db.parent().unwrap())
+        .env_remove("IPAM_DATASTORE")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot read the etcd password file") && err.contains("Is a directory"),
+        "{err}"
+    );
 }
