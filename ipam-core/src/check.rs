@@ -81,16 +81,34 @@ pub struct Totals {
 impl Snapshot {
     /// Reads every pool, block, handle and affinity, and the config, one list each.
     pub async fn read<D: Datastore>(store: &D) -> Result<Self, StoreError> {
+        Self::read_with(store, |_| {}).await
+    }
+
+    /// [`Snapshot::read`], telling `step` which kind it reads next (`"pools"`, `"blocks"`,
+    /// `"handles"`, `"affinities"`) and `"done"` at the end, for a progress display.
+    pub async fn read_with<D: Datastore>(
+        store: &D,
+        mut step: impl FnMut(&'static str),
+    ) -> Result<Self, StoreError> {
         let config = match store.get::<IpamConfig>(IpamConfig::NAME).await {
             Ok(c) => c.value,
             Err(StoreError::NotFound { .. }) => IpamConfig::default(),
             Err(e) => return Err(e),
         };
+        step("pools");
+        let pools = store.list(Scope::All).await?;
+        step("blocks");
+        let blocks = store.list(Scope::All).await?;
+        step("handles");
+        let handles = store.list(Scope::All).await?;
+        step("affinities");
+        let affinities = store.list(Scope::All).await?;
+        step("done");
         Ok(Snapshot {
-            pools: store.list(Scope::All).await?,
-            blocks: store.list(Scope::All).await?,
-            handles: store.list(Scope::All).await?,
-            affinities: store.list(Scope::All).await?,
+            pools,
+            blocks,
+            handles,
+            affinities,
             config,
         })
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use indicatif::ProgressBar;
 use ipam_core::check::{Live, LiveOwners, Report, Snapshot, check};
-use ipam_core::{Datastore, Ipam, IpamConfig, Scope, StoreError};
+use ipam_core::{Datastore, Ipam};
 use time::OffsetDateTime;
 
 use super::output::{Format, emit, scan_steps};
@@ -90,35 +90,18 @@ pub fn parse_nodes(text: &str) -> BTreeSet<String> {
 /// The steps of [`read_snapshot`]: the config and four lists.
 pub const SNAPSHOT_STEPS: u64 = 5;
 
-/// Reads what [`Snapshot::read`] reads, one kind at a time, moving `bar` a step per kind:
+/// [`Snapshot::read_with`], moving `bar` a step per kind:
 /// on a large Kubernetes or etcd store each list can take seconds, and the operator sees
 /// which one is being read.
 pub async fn read_snapshot<D: Datastore>(store: &D, bar: &ProgressBar) -> Result<Snapshot> {
-    let config = match store.get::<IpamConfig>(IpamConfig::NAME).await {
-        Ok(c) => c.value,
-        Err(StoreError::NotFound { .. }) => IpamConfig::default(),
-        Err(e) => return Err(e.into()),
-    };
-    let step = |next: &'static str| {
+    let snapshot = Snapshot::read_with(store, |next| {
         bar.inc(1);
-        bar.set_message(next);
-    };
-    step("reading pools");
-    let pools = store.list(Scope::All).await?;
-    step("reading blocks");
-    let blocks = store.list(Scope::All).await?;
-    step("reading handles");
-    let handles = store.list(Scope::All).await?;
-    step("reading affinities");
-    let affinities = store.list(Scope::All).await?;
-    bar.inc(1);
-    Ok(Snapshot {
-        pools,
-        blocks,
-        handles,
-        affinities,
-        config,
+        if next != "done" {
+            bar.set_message(format!("reading {next}"));
+        }
     })
+    .await?;
+    Ok(snapshot)
 }
 
 /// The human report: what was read, a count per kind, and examples.
