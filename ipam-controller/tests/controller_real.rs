@@ -1,0 +1,243 @@
+//! The controller on a real kube-apiserver (built by `scripts/build-peers`) with the
+//! Kubernetes datastore: Pods and Nodes created and deleted through the API, addresses
+//! allocated by the real plugin (handle `k8s-pod-network.<container id>`, attributes
+//! `namespace`, `pod`, `node`), leaks planted directly in the store, the controller run in
+//! this process with a 2 s grace period and a 1 s interval.
+//!
+//! Waits are bounded polls (`support::WITHIN`), never timed assertions: "released within
+//! grace plus one interval" is checked as "released, and not before its grace period",
+//! the latter by a controller whose grace period cannot pass during the test.
+//!
+//! One server for the file; each check has its own pool, nodes and lease.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipam_core::{AutoAssignArgs, BlockAffinity, HandleId, IpPool, IpamBlock, NodeName, Scope};
+use ipam_core::{Datastore, model::ATTR_NODE};
+use ipam_metrics::Metrics;
+use ipam_tests::apiserver::{ADMIN, KubeApiServer};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_on_a_real_api_server() {
+    let server = KubeApiServer::start().await;
+    server.install_crds().await;
+    namespace(&server, "apps").await;
+    releases_leaks_and_nothing_alive(&server).await;
+    keeps_what_is_inside_the_grace_period(&server).await;
+    releases_a_deleted_nodes_blocks(&server).await;
+    two_replicas_never_act_at_once(&server).await;
+}
+
+async fn pool(server: &KubeApiServer, name: &str, cidr: &str) {
+    admin(server)
+        .await
+        .create_pool(name, IpPool::new(cidr.parse().unwrap()))
+        .await
+        .unwrap();
+}
+
+/// A leak planted in the store: an address of pod `apps/<pod>`, which never existed,
+/// allocated by the library with the plugin's handle and attributes.
+async fn plant_leak(server: &KubeApiServer, pool: &str, node: &str, pod: &str) -> std::net::IpAddr {
+    let mut args = AutoAssignArgs::new(NodeName::new(node).unwrap(), 1, 0)
+        .with_handle(HandleId::new(format!("{NETWORK}.{}", container_id(pod))).unwrap());
+    args.pools4 = vec![pool.to_owned()];
+    args.attrs = BTreeMap::from([
+        ("namespace".to_owned(), "apps".to_owned()),
+        ("pod".to_owned(), pod.to_owned()),
+        (ATTR_NODE.to_owned(), node.to_owned()),
+    ]);
+    let got = admin(server).await.auto_assign(&args).await.unwrap();
+    got.ipv4[0].addr()
+}
+
+async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
+    pool(server, "gc", "10.61.0.0/24").await;
+    for n in ["gc-a", "gc-b"] {
+        create_node(server, n).await;
+    }
+    for (pod, node) in [("web-1", "gc-a"), ("web-2", "gc-b"), ("doomed", "gc-a")] {
+        create_pod(server, "apps", pod, node).await;
+    }
+    let live1 = plugin_add(server, "gc", "gc-a", "apps", "web-1").await;
+    let live2 = plugin_add(server, "gc", "gc-b", "apps", "web-2").await;
+    let doomed = plugin_add(server, "gc", "gc-a", "apps", "doomed").await;
+    delete_pod(server, "apps", "doomed").await;
+    let ghost = plant_leak(server, "gc", "gc-b", "ghost").await;
+    // An owner that is no pod (a tunnel address): nothing says it is gone, so it stays.
+    let ipam = admin(server).await;
+    let tunnel = ipam
+        .assign_ip(
+            "10.61.0.200".parse().unwrap(),
+            Some(&HandleId::new("ipip-tunnel-addr-gc-a").unwrap()),
+            BTreeMap::from([(ATTR_NODE.to_owned(), "gc-a".to_owned())]),
+            &NodeName::new("gc-a").unwrap(),
+        )
+        .await
+        .unwrap()
+        .addr();
+
+    let c = start(
+        server,
+        settings("gc", "gc-1", GRACE),
+        Arc::new(Metrics::with_gc()),
+    )
+    .await;
+    let s = until_status(&c, "both leaks released", |s| {
+        s.released.contains(&doomed) && s.released.contains(&ghost)
+    })
+    .await;
+    assert_eq!(s.released.len(), 2, "released more than the leaks: {s:?}");
+    assert_eq!(holder(&ipam, doomed).await, None);
+    assert_eq!(holder(&ipam, ghost).await, None);
+    let web1 = Some(format!("{NETWORK}.{}", container_id("web-1")));
+    assert_eq!(
+        holder(&ipam, live1).await,
+        Some((web1, "apps/web-1".into()))
+    );
+    assert_eq!(holder(&ipam, live2).await.unwrap().1, "apps/web-2");
+    assert!(
+        holder(&ipam, tunnel).await.is_some(),
+        "the tunnel address was released"
+    );
+    // The handles of the released addresses are gone with them.
+    let handle = format!("{NETWORK}.{}", container_id("doomed"));
+    assert!(
+        ipam.store()
+            .get::<ipam_core::IpamHandle>(&handle)
+            .await
+            .is_err()
+    );
+    c.stop().await;
+}
+
+async fn keeps_what_is_inside_the_grace_period(server: &KubeApiServer) {
+    pool(server, "young", "10.62.0.0/24").await;
+    create_node(server, "young-a").await;
+    let leak = plant_leak(server, "young", "young-a", "being-created").await;
+    // A grace period that cannot pass during the test: the leak is seen, counted as a
+    // candidate, and kept, pass after pass.
+    let metrics = Arc::new(Metrics::with_gc());
+    let c = start(
+        server,
+        settings("young", "young-1", Duration::from_secs(3600)),
+        metrics,
+    )
+    .await;
+    let s = until_status(&c, "three passes", |s| s.passes >= 3).await;
+    assert!(
+        s.released.is_empty(),
+        "released inside the grace period: {s:?}"
+    );
+    let candidates: u64 = s.last.candidates.values().sum();
+    assert!(candidates >= 1, "{s:?}");
+    assert!(holder(&admin(server).await, leak).await.is_some());
+    c.stop().await;
+}
+
+async fn releases_a_deleted_nodes_blocks(server: &KubeApiServer) {
+    pool(server, "gone", "10.63.0.0/24").await;
+    create_node(server, "gone-a").await;
+    create_pod(server, "apps", "on-gone", "gone-a").await;
+    let ip = plugin_add(server, "gone", "gone-a", "apps", "on-gone").await;
+    let store = server.store(ADMIN).await;
+    let node_blocks = || async {
+        let blocks = store.list::<IpamBlock>(Scope::All).await.unwrap();
+        let affinities = store.list::<BlockAffinity>(Scope::All).await.unwrap();
+        let b = blocks
+            .iter()
+            .filter(|b| b.value.host() == Some("gone-a"))
+            .count();
+        let a = affinities
+            .iter()
+            .filter(|a| a.value.node == "gone-a")
+            .count();
+        (b, a)
+    };
+    assert_eq!(node_blocks().await, (1, 1));
+    let c = start(
+        server,
+        settings("gone", "gone-1", GRACE),
+        Arc::new(Metrics::with_gc()),
+    )
+    .await;
+    // While the node and its pod exist, nothing of it goes.
+    until_status(&c, "three passes", |s| s.passes >= 3).await;
+    assert_eq!(node_blocks().await, (1, 1));
+    delete_pod(server, "apps", "on-gone").await;
+    delete_node(server, "gone-a").await;
+    let s = until_status(&c, "the node's affinity released", |s| {
+        s.affinities_released
+            .iter()
+            .any(|a| a.starts_with("gone-a-"))
+    })
+    .await;
+    assert!(s.released.contains(&ip), "{s:?}");
+    until("the node's blocks and affinities gone", || async {
+        node_blocks().await == (0, 0)
+    })
+    .await;
+    c.stop().await;
+}
+
+async fn two_replicas_never_act_at_once(server: &KubeApiServer) {
+    pool(server, "race", "10.64.0.0/24").await;
+    create_node(server, "race-a").await;
+    let a = start(
+        server,
+        settings("race", "replica-a", GRACE),
+        Arc::new(Metrics::with_gc()),
+    )
+    .await;
+    let b = start(
+        server,
+        settings("race", "replica-b", GRACE),
+        Arc::new(Metrics::with_gc()),
+    )
+    .await;
+    let first = plant_leak(server, "race", "race-a", "race-ghost-1").await;
+    until("the first leak released", || async {
+        let (sa, sb) = (a.status().borrow().clone(), b.status().borrow().clone());
+        assert!(
+            sa.passes == 0 || sb.passes == 0,
+            "both replicas ran passes: {sa:?} {sb:?}"
+        );
+        sa.released.contains(&first) || sb.released.contains(&first)
+    })
+    .await;
+    let (leader, follower) = if a.status().borrow().passes > 0 {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    let leases = Api::<Lease>::namespaced(server.client(ADMIN).await, "kube-system");
+    let holder_id = |l: Lease| l.spec.and_then(|s| s.holder_identity);
+    let held = holder_id(leases.get("race").await.unwrap()).unwrap();
+    assert!(held.starts_with("replica-"), "{held}");
+    assert_eq!(follower.status().borrow().passes, 0);
+    // The leader dies without giving the lease up; the other takes over once it expires.
+    drop(leader);
+    let second = plant_leak(server, "race", "race-a", "race-ghost-2").await;
+    let s = until_status(
+        &follower,
+        "the follower took over and released the leak",
+        |s| s.released.contains(&second),
+    )
+    .await;
+    assert!(
+        !s.released.contains(&first),
+        "the follower released the leader's leak too"
+    );
+    let now_held = holder_id(leases.get("race").await.unwrap()).unwrap();
+    assert_ne!(now_held, held);
+    follower.stop().await;
+}
