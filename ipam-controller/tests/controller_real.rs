@@ -18,8 +18,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipam_core::{AutoAssignArgs, BlockAffinity, HandleId, IpPool, IpamBlock, NodeName, Scope};
-use ipam_core::{Datastore, model::ATTR_NODE};
+use ipam_core::model::ATTR_NODE;
+use ipam_core::{BlockAffinity, Datastore, HandleId, IpPool, IpamBlock, NodeName, Scope};
 use ipam_metrics::Metrics;
 use ipam_tests::apiserver::{ADMIN, KubeApiServer};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -45,21 +45,6 @@ async fn pool(server: &KubeApiServer, name: &str, cidr: &str) {
         .unwrap();
 }
 
-/// A leak planted in the store: an address of pod `apps/<pod>`, which never existed,
-/// allocated by the library with the plugin's handle and attributes.
-async fn plant_leak(server: &KubeApiServer, pool: &str, node: &str, pod: &str) -> std::net::IpAddr {
-    let mut args = AutoAssignArgs::new(NodeName::new(node).unwrap(), 1, 0)
-        .with_handle(HandleId::new(format!("{NETWORK}.{}", container_id(pod))).unwrap());
-    args.pools4 = vec![pool.to_owned()];
-    args.attrs = BTreeMap::from([
-        ("namespace".to_owned(), "apps".to_owned()),
-        ("pod".to_owned(), pod.to_owned()),
-        (ATTR_NODE.to_owned(), node.to_owned()),
-    ]);
-    let got = admin(server).await.auto_assign(&args).await.unwrap();
-    got.ipv4[0].addr()
-}
-
 async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
     pool(server, "gc", "10.61.0.0/24").await;
     for n in ["gc-a", "gc-b"] {
@@ -72,7 +57,7 @@ async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
     let live2 = plugin_add(server, "gc", "gc-b", "apps", "web-2").await;
     let doomed = plugin_add(server, "gc", "gc-a", "apps", "doomed").await;
     delete_pod(server, "apps", "doomed").await;
-    let ghost = plant_leak(server, "gc", "gc-b", "ghost").await;
+    let ghost = plant_leak(&admin(server).await, "gc", "gc-b", "ghost").await;
     // An owner that is no pod (a tunnel address): nothing says it is gone, so it stays.
     let ipam = admin(server).await;
     let tunnel = ipam
@@ -123,7 +108,7 @@ async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
 async fn keeps_what_is_inside_the_grace_period(server: &KubeApiServer) {
     pool(server, "young", "10.62.0.0/24").await;
     create_node(server, "young-a").await;
-    let leak = plant_leak(server, "young", "young-a", "being-created").await;
+    let leak = plant_leak(&admin(server).await, "young", "young-a", "being-created").await;
     // A grace period that cannot pass during the test: the leak is seen, counted as a
     // candidate, and kept, pass after pass.
     let metrics = Arc::new(Metrics::with_gc());
@@ -204,7 +189,7 @@ async fn two_replicas_never_act_at_once(server: &KubeApiServer) {
         Arc::new(Metrics::with_gc()),
     )
     .await;
-    let first = plant_leak(server, "race", "race-a", "race-ghost-1").await;
+    let first = plant_leak(&admin(server).await, "race", "race-a", "race-ghost-1").await;
     until("the first leak released", || async {
         let (sa, sb) = (a.status().borrow().clone(), b.status().borrow().clone());
         assert!(
@@ -226,7 +211,7 @@ async fn two_replicas_never_act_at_once(server: &KubeApiServer) {
     assert_eq!(follower.status().borrow().passes, 0);
     // The leader dies without giving the lease up; the other takes over once it expires.
     drop(leader);
-    let second = plant_leak(server, "race", "race-a", "race-ghost-2").await;
+    let second = plant_leak(&admin(server).await, "race", "race-a", "race-ghost-2").await;
     let s = until_status(
         &follower,
         "the follower took over and released the leak",

@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use ipam_cni::cni::IpamPlugin;
 use ipam_controller::{Controller, LeaseSettings, Settings, Status};
-use ipam_core::Ipam;
+use std::collections::BTreeMap;
+
+use ipam_core::model::ATTR_NODE;
+use ipam_core::{AutoAssignArgs, Datastore, HandleId, Ipam, NodeName};
 use ipam_k8s::KubeStore;
 use ipam_metrics::Metrics;
 use ipam_tests::apiserver::{ADMIN, KubeApiServer};
@@ -59,6 +62,20 @@ pub async fn start(server: &KubeApiServer, s: Settings, metrics: Arc<Metrics>) -
 /// The admin's allocator.
 pub async fn admin(server: &KubeApiServer) -> Ipam<KubeStore> {
     Ipam::new(server.store(ADMIN).await, ipam_core::SystemClock)
+}
+
+/// A leak planted in the store: an address of pod `apps/<pod>`, which does not exist,
+/// allocated by the library with the plugin's handle and attributes.
+pub async fn plant_leak<D: Datastore>(ipam: &Ipam<D>, pool: &str, node: &str, pod: &str) -> IpAddr {
+    let handle = HandleId::new(format!("{NETWORK}.{}", container_id(pod))).unwrap();
+    let mut args = AutoAssignArgs::new(NodeName::new(node).unwrap(), 1, 0).with_handle(handle);
+    args.pools4 = vec![pool.to_owned()];
+    args.attrs = BTreeMap::from([
+        ("namespace".to_owned(), "apps".to_owned()),
+        ("pod".to_owned(), pod.to_owned()),
+        (ATTR_NODE.to_owned(), node.to_owned()),
+    ]);
+    ipam.auto_assign(&args).await.unwrap().ipv4[0].addr()
 }
 
 /// A namespace with the `default` ServiceAccount that pod admission requires (no
@@ -127,13 +144,29 @@ pub async fn plugin_add(
     ns: &str,
     pod: &str,
 ) -> IpAddr {
-    let conf = json!({
-        "cniVersion": "1.0.0", "name": NETWORK, "type": "bridge",
+    let datastore = json!({
         "datastore_type": "kubernetes",
         "kubernetes": {"kubeconfig": server.kubeconfig(ADMIN)},
+    });
+    plugin_add_on(datastore, pool, node, ns, pod).await
+}
+
+/// [`plugin_add`] on the datastore the config keys in `datastore` name.
+pub async fn plugin_add_on(
+    datastore: Value,
+    pool: &str,
+    node: &str,
+    ns: &str,
+    pod: &str,
+) -> IpAddr {
+    let mut conf = json!({
+        "cniVersion": "1.0.0", "name": NETWORK, "type": "bridge",
         "nodename": node,
         "ipam": {"type": "ipam-cni", "ipv4_pools": [pool]},
     });
+    for (k, v) in datastore.as_object().unwrap() {
+        conf[k] = v.clone();
+    }
     let args = ArgsBuilder::new()
         .container_id(&container_id(pod))
         .unwrap()
@@ -164,7 +197,7 @@ pub fn container_id(pod: &str) -> String {
 }
 
 /// Who holds `ip` now: (handle, namespace/pod), or `None` if it is free.
-pub async fn holder(ipam: &Ipam<KubeStore>, ip: IpAddr) -> Option<(Option<String>, String)> {
+pub async fn holder<D: Datastore>(ipam: &Ipam<D>, ip: IpAddr) -> Option<(Option<String>, String)> {
     let a = ipam.get_assignment_attributes(ip).await.unwrap()?;
     let pod = format!(
         "{}/{}",
