@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipam_controller::Controller;
 use ipam_core::model::ATTR_NODE;
 use ipam_core::{BlockAffinity, Datastore, HandleId, IpPool, IpamBlock, NodeName, Scope};
 use ipam_metrics::Metrics;
@@ -28,13 +29,87 @@ use support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_on_a_real_api_server() {
-    let server = KubeApiServer::start().await;
+    let server = KubeApiServer::start_with_users(&[(CONTROLLER_USER, &[])]).await;
     server.install_crds().await;
     namespace(&server, "apps").await;
+    works_with_only_the_verbs_the_readme_lists(&server).await;
     releases_leaks_and_nothing_alive(&server).await;
     keeps_what_is_inside_the_grace_period(&server).await;
     releases_a_deleted_nodes_blocks(&server).await;
     two_replicas_never_act_at_once(&server).await;
+}
+
+/// A user with no rights but those the README says the controller needs.
+const CONTROLLER_USER: &str = "ipam-controller";
+
+async fn works_with_only_the_verbs_the_readme_lists(server: &KubeApiServer) {
+    grant_controller_verbs(server).await;
+    pool(server, "rbac", "10.65.0.0/24").await;
+    create_node(server, "rbac-a").await;
+    let leak = plant_leak(&admin(server).await, "rbac", "rbac-a", "rbac-ghost").await;
+    let c = Controller::start(
+        server.store(CONTROLLER_USER).await,
+        server.client(CONTROLLER_USER).await,
+        settings("rbac", "rbac-1", GRACE),
+        Arc::new(Metrics::with_gc()),
+    )
+    .await
+    .unwrap();
+    let s = until_status(&c, "the leak released by the restricted user", |s| {
+        s.released.contains(&leak)
+    })
+    .await;
+    assert_eq!(s.last.errors, 0, "{s:?}");
+    c.stop().await;
+}
+
+/// The ClusterRole and Role of the README's list, bound to [`CONTROLLER_USER`].
+async fn grant_controller_verbs(server: &KubeApiServer) {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+    let client = server.client(ADMIN).await;
+    let pp = kube::api::PostParams::default();
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| serde_json::json!({"apiGroups": [group], "resources": resources, "verbs": verbs});
+    let subject = serde_json::json!([{"kind": "User", "name": CONTROLLER_USER,
+                                      "apiGroup": "rbac.authorization.k8s.io"}]);
+    let crd = "crd.projectcalico.org";
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+    "metadata": {"name": "ipam-controller"},
+    "rules": [
+        rule("", &["pods", "nodes"], &["get", "list", "watch"]),
+        rule(crd, &["ipamblocks", "blockaffinities", "ipamhandles"],
+             &["get", "list", "update", "delete"]),
+        rule(crd, &["ippools", "ipamconfigs", "ipreservations"], &["get", "list"]),
+    ]}))
+    .unwrap();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ipam-controller"},
+        "roleRef": {"kind": "ClusterRole", "name": "ipam-controller",
+                    "apiGroup": "rbac.authorization.k8s.io"},
+        "subjects": subject}))
+    .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&pp, &binding)
+        .await
+        .unwrap();
+    let lease_role: Role = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ipam-controller-lease"},
+        "rules": [rule("coordination.k8s.io", &["leases"], &["get", "create", "update"])]
+    }))
+    .unwrap();
+    let roles = Api::<Role>::namespaced(client.clone(), "kube-system");
+    roles.create(&pp, &lease_role).await.unwrap();
+    let lease_binding: RoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "ipam-controller-lease"},
+        "roleRef": {"kind": "Role", "name": "ipam-controller-lease",
+                    "apiGroup": "rbac.authorization.k8s.io"},
+        "subjects": subject}))
+    .unwrap();
+    let bindings = Api::<RoleBinding>::namespaced(client, "kube-system");
+    bindings.create(&pp, &lease_binding).await.unwrap();
 }
 
 async fn pool(server: &KubeApiServer, name: &str, cidr: &str) {
