@@ -117,14 +117,15 @@ impl Collector {
         let mut due = Vec::new();
         for l in leaks {
             *report.candidates.entry(l.at.clone()).or_default() += 1;
-            // The same allocation: a reallocated address has another sequence number.
+            // The same allocation: a reallocated address has another sequence number. An
+            // observation is kept until the leak is gone, so one that could not be
+            // released yet (see `whole_handles`) is tried again on the next pass.
             let mark = format!("{:?} {:?}", l.handle, l.sequence);
             if self.leaks.due(&l.ip.to_string(), &mark, now, self.grace) {
-                self.leaks.forget(&l.ip.to_string());
                 due.push(l);
             }
         }
-        due
+        whole_handles(due, snapshot)
     }
 
     /// Affinities of nodes that are gone, whose block is empty or missing, seen so and
@@ -157,12 +158,36 @@ impl Collector {
         let mut due = Vec::new();
         for (name, (a, mark)) in marks {
             if self.dead_node_affinities.due(&name, &mark, now, self.grace) {
-                self.dead_node_affinities.forget(&name);
                 due.push(a);
             }
         }
         due
     }
+}
+
+/// The due leaks of handles all of whose addresses are due, as Calico's kube-controllers
+/// decides: while any address of a handle is still valid (or still waiting), the handle
+/// is left whole.
+fn whole_handles(due: Vec<Leak>, snapshot: &Snapshot) -> Vec<Leak> {
+    let mut held: BTreeMap<&str, usize> = BTreeMap::new();
+    for b in &snapshot.blocks {
+        for o in 0..b.value.allocations.len() as u32 {
+            let attr = b.value.attribute_of(o).filter(|a| a.released_at.is_none());
+            if let Some(h) = attr.and_then(|a| a.handle_id.as_deref()) {
+                *held.entry(h).or_default() += 1;
+            }
+        }
+    }
+    let mut due_by_handle: BTreeMap<String, usize> = BTreeMap::new();
+    for h in due.iter().filter_map(|l| l.handle.clone()) {
+        *due_by_handle.entry(h).or_default() += 1;
+    }
+    due.into_iter()
+        .filter(|l| match &l.handle {
+            Some(h) => due_by_handle.get(h) == held.get(h.as_str()),
+            None => true,
+        })
+        .collect()
 }
 
 /// A leak finding that names a pod (the only kind judged against the cluster's pods).

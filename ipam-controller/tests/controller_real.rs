@@ -146,6 +146,10 @@ async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
         .unwrap()
         .addr();
 
+    // One handle, two addresses: one of a live pod, one of a pod that is gone. As in
+    // Calico, a handle with a valid address is left whole.
+    let shared = shared_handle(&ipam).await;
+
     let c = start(
         server,
         settings("gc", "gc-1", GRACE),
@@ -169,6 +173,12 @@ async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
         holder(&ipam, tunnel).await.is_some(),
         "the tunnel address was released"
     );
+    for ip in shared {
+        assert!(
+            holder(&ipam, ip).await.is_some(),
+            "{ip} of a handle still in use released"
+        );
+    }
     // The handles of the released addresses are gone with them.
     let handle = format!("{NETWORK}.{}", container_id("doomed"));
     assert!(
@@ -178,6 +188,24 @@ async fn releases_leaks_and_nothing_alive(server: &KubeApiServer) {
             .is_err()
     );
     c.stop().await;
+}
+
+/// Two addresses of handle `k8s-pod-network.shared` in pool `gc` on node gc-a: one naming
+/// the live pod `apps/web-1`, one naming `apps/gone-shared`, which never existed.
+async fn shared_handle(ipam: &ipam_core::Ipam<ipam_k8s::KubeStore>) -> Vec<std::net::IpAddr> {
+    let mut out = Vec::new();
+    for pod in ["web-1", "gone-shared"] {
+        let mut args = ipam_core::AutoAssignArgs::new(NodeName::new("gc-a").unwrap(), 1, 0)
+            .with_handle(HandleId::new(format!("{NETWORK}.shared")).unwrap());
+        args.pools4 = vec!["gc".to_owned()];
+        args.attrs = BTreeMap::from([
+            ("namespace".to_owned(), "apps".to_owned()),
+            ("pod".to_owned(), pod.to_owned()),
+            (ATTR_NODE.to_owned(), "gc-a".to_owned()),
+        ]);
+        out.push(ipam.auto_assign(&args).await.unwrap().ipv4[0].addr());
+    }
+    out
 }
 
 async fn keeps_what_is_inside_the_grace_period(server: &KubeApiServer) {
