@@ -67,7 +67,7 @@ impl Token {
     }
 
     /// Whether `presented` is this token, compared in constant time.
-    fn matches(&self, presented: &str) -> bool {
+    pub fn matches(&self, presented: &str) -> bool {
         self.0.as_bytes().ct_eq(presented.as_bytes()).into()
     }
 }

@@ -17,6 +17,7 @@ pub mod access;
 mod admission;
 mod discovery;
 pub mod listen;
+pub mod metrics;
 pub mod object;
 mod read;
 mod selector;
@@ -230,6 +231,7 @@ pub fn router<D: Datastore + 'static>(store: D, options: ServeOptions) -> Router
         .fallback(method_not_allowed);
     Router::new()
         .route("/version", get(discovery::version))
+        .route("/metrics", get(metrics::scrape::<D>))
         .route("/api", get(discovery::core_versions))
         .route("/apis", get(discovery::groups))
         .route("/apis/crd.projectcalico.org", get(discovery::group))

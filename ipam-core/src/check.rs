@@ -15,12 +15,16 @@ use crate::model::{BlockAffinity, IpPool, IpamBlock, IpamConfig, IpamHandle};
 use crate::store::{Datastore, Scope, StoreError, Stored};
 
 mod finding;
+mod grace;
 mod live;
 mod rules;
+mod tally;
 
 pub use self::finding::{Finding, FindingKind};
+pub use self::grace::{Observations, Seen};
 pub use self::live::LiveOwners;
 pub use self::rules::cooldown_over;
+pub use self::tally::{NO_AFFINITY, NO_POOL, PoolNode, Tally, pool_of, tally};
 
 /// Everything `check` looks at, read once.
 #[derive(Clone, Debug, Default)]

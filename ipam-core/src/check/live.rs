@@ -14,6 +14,9 @@ use crate::model::{ATTR_NAMESPACE, ATTR_POD, AllocationAttribute};
 pub struct LiveOwners {
     ids: BTreeSet<String>,
     pods: BTreeSet<(String, String)>,
+    /// Built from a cluster's pods ([`LiveOwners::from_pods`]): only allocations that name
+    /// a pod can be judged, since nothing is known of other owners.
+    pods_only: bool,
 }
 
 impl LiveOwners {
@@ -50,6 +53,24 @@ impl LiveOwners {
         Ok(live)
     }
 
+    /// The pods a cluster holds, as `(namespace, name)`. Unlike an operator's list, this
+    /// says nothing about owners that are not pods (a tunnel address, an address assigned by
+    /// hand with a handle), so only allocations with `namespace` and `pod` attributes are
+    /// judged against it.
+    ///
+    /// ```
+    /// use ipam_core::check::LiveOwners;
+    /// let live = LiveOwners::from_pods([("default".to_owned(), "web-1".to_owned())]);
+    /// assert_eq!(live.len(), 1);
+    /// ```
+    pub fn from_pods(pods: impl IntoIterator<Item = (String, String)>) -> Self {
+        LiveOwners {
+            ids: BTreeSet::new(),
+            pods: pods.into_iter().collect(),
+            pods_only: true,
+        }
+    }
+
     /// How many owners are listed.
     pub fn len(&self) -> usize {
         self.ids.len() + self.pods.len()
@@ -78,6 +99,16 @@ impl LiveOwners {
         ) {
             (Some(ns), Some(pod)) => self.pods.contains(&(ns.clone(), pod.clone())),
             _ => false,
+        }
+    }
+
+    /// Whether this list can judge `attr`: [`LiveOwners::can_judge`], and for a list of
+    /// pods only allocations that name a pod.
+    pub fn judges(&self, attr: &AllocationAttribute) -> bool {
+        if self.pods_only {
+            attr.secondary.contains_key(ATTR_NAMESPACE) && attr.secondary.contains_key(ATTR_POD)
+        } else {
+            Self::can_judge(attr)
         }
     }
 

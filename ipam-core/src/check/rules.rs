@@ -238,7 +238,7 @@ pub(super) fn leaks(blocks: &[Stored<IpamBlock>], owners: &LiveOwners) -> Vec<Fi
     for b in blocks {
         for (o, ip, attr) in allocated(&b.value) {
             // A cooling-down address has no owner any more; gc returns it.
-            if attr.released_at.is_some() || !LiveOwners::can_judge(attr) || owners.is_live(attr) {
+            if attr.released_at.is_some() || !owners.judges(attr) || owners.is_live(attr) {
                 continue;
             }
             let get = |k: &str| attr.secondary.get(k).cloned();

@@ -341,3 +341,56 @@ fn only_what_breaks_an_invariant_counts_for_check_invariants() {
     );
     assert!(!broken.is_empty(), "{:#?}", r.findings);
 }
+
+#[test]
+fn pods_only_owners_judge_only_pod_allocations() {
+    let attr = |h: Option<&str>, _: Option<()>| AllocationAttribute {
+        handle_id: h.map(Into::into),
+        ..Default::default()
+    };
+    let live = LiveOwners::from_pods([("default".to_owned(), "a".to_owned())]);
+    let mut tunnel = attr(Some("ipip-tunnel-addr-n1"), None);
+    tunnel.secondary.insert("node".into(), "n1".into());
+    assert!(!live.judges(&tunnel), "an owner that is no pod was judged");
+    let mut gone = attr(Some("net.c2"), None);
+    gone.secondary = pod_attrs("default", "b");
+    assert!(live.judges(&gone) && !live.is_live(&gone));
+    let mut alive = attr(Some("net.c1"), None);
+    alive.secondary = pod_attrs("default", "a");
+    assert!(live.is_live(&alive));
+    // Against the healthy store, only pod b's address is a leak.
+    let s = healthy();
+    let r = check(
+        &s,
+        &Live {
+            owners: Some(&live),
+            nodes: None,
+        },
+        now(),
+    );
+    assert_eq!(r.of_kind(FindingKind::LeakedAllocation).count(), 1);
+}
+
+#[test]
+fn tally_counts_per_pool_and_node() {
+    let mut s = healthy();
+    // n2's address made on n1 (its `node` attribute): borrowed by n1.
+    let b = block_of_node(&mut s, "n2");
+    let index = b.allocations.iter().flatten().next().copied().unwrap() as usize;
+    let mut a = (*b.attributes[index]).clone();
+    a.secondary.insert("node".into(), "n1".into());
+    b.attributes[index] = a.into();
+    let t = tally(&s);
+    let key = |node: &str| PoolNode {
+        pool: "p".into(),
+        node: node.into(),
+    };
+    assert_eq!(t.pool_size["p"], 256);
+    assert_eq!(t.blocks[&key("n1")], 1);
+    assert_eq!(t.blocks[&key("n2")], 1);
+    // Without a `node` attribute an address counts for its block's node.
+    assert_eq!(t.in_use[&key("n1")], 4);
+    assert_eq!(t.borrowed[&key("n1")], 1);
+    assert!(!t.in_use.contains_key(&key("n2")));
+    assert_eq!(Tally::per_node(&t.in_use)["n1"], 4);
+}
