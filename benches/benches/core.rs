@@ -102,7 +102,13 @@ fn batched(
 
 /// auto_assign on a node with no block: claims a fresh block of the pool, then assigns.
 /// Each iteration uses a new node and returns the block afterwards (untimed).
-fn claim_iterations(s: &Setup, iters: u64, next: &mut u64, ops: &mut OpCounts) -> Duration {
+fn claim_iterations(
+    s: &Setup,
+    iters: u64,
+    next: &mut u64,
+    ops: &mut OpCounts,
+    each: &mut Vec<Duration>,
+) -> Duration {
     let mut total = Duration::ZERO;
     let handle = HandleId::new("bench.claim").expect("valid handle");
     for _ in 0..iters {
@@ -111,7 +117,9 @@ fn claim_iterations(s: &Setup, iters: u64, next: &mut u64, ops: &mut OpCounts) -
         let before = s.ipam.store().op_counts();
         let t = Instant::now();
         let held = block_on(assign_one(&s.ipam, &node, &handle)).expect("claiming auto_assign");
-        total += t.elapsed();
+        let took = t.elapsed();
+        total += took;
+        each.push(took);
         let spent = s.ipam.store().op_counts().since(&before);
         add_counts(ops, &spent);
         block_on(async {
@@ -122,6 +130,23 @@ fn claim_iterations(s: &Setup, iters: u64, next: &mut u64, ops: &mut OpCounts) -
         .expect("returning the claimed block");
     }
     total
+}
+
+/// Criterion's figures are means of batches; a claim's cost is skewed (most are quick, a few
+/// walk the pool), so the spread of single claims is printed too.
+fn report_spread(label: &str, each: &mut [Duration]) {
+    each.sort();
+    let n = each.len();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    let median = us(each[n / 2]);
+    let mean = each.iter().map(|d| us(*d)).sum::<f64>() / n as f64;
+    println!(
+        "core/claim_block/{label}: {n} claims, median {median:.1} us, mean {mean:.1} us \
+         (mean/median {:.2}x), p99 {:.1} us, max {:.1} us",
+        mean / median,
+        us(each[(n * 99 / 100).min(n - 1)]),
+        us(each[n - 1])
+    );
 }
 
 fn add_counts(into: &mut OpCounts, c: &OpCounts) {
@@ -155,13 +180,15 @@ fn bench_pool(c: &mut Criterion, label: &'static str, cidr: &str) {
     });
     let mut next = 0u64;
     let mut ops = OpCounts::default();
+    let mut each = Vec::new();
     group.bench_function(BenchmarkId::new("claim_block", label), |b| {
-        b.iter_custom(|iters| claim_iterations(&s, iters, &mut next, &mut ops));
+        b.iter_custom(|iters| claim_iterations(&s, iters, &mut next, &mut ops, &mut each));
     });
     group.finish();
     if next == 0 {
         return;
     }
+    report_spread(label, &mut each);
     report(
         label,
         "per auto_assign that claims a block",

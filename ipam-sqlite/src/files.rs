@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags, RawMode};
 
+use crate::wal::Wal;
 use crate::{Error, Result};
 
 /// The environment variable naming a group (name or number) that may read the database.
@@ -67,27 +68,26 @@ impl Access {
         if self.group.is_some() { 0o750 } else { 0o700 }
     }
 
-    fn file_mode(&self) -> RawMode {
+    pub(crate) fn file_mode(&self) -> RawMode {
         if self.group.is_some() { 0o640 } else { 0o600 }
     }
 }
 
 /// Creates what is missing of `db`'s folder and checks it, then creates or tightens the
-/// database file and any `-wal`/`-shm` beside it. Refuses (changing nothing) a folder that
+/// database file and any `-shm` beside it, and prepares the `-wal` ([`Wal::prepare`]). Refuses (changing nothing) a folder that
 /// others can write to or do not own, and a database path that is a symlink.
-pub(crate) fn prepare(db: &Path, access: &Access) -> Result<()> {
+pub(crate) fn prepare(db: &Path, access: &Access) -> Result<Wal> {
     let dir = db.parent().filter(|d| !d.as_os_str().is_empty());
     if let Some(dir) = dir {
         create_dir(dir, access)?;
         check_dir(dir)?;
     }
     secure_file(db, true, access)?;
-    for suffix in ["-wal", "-shm"] {
-        let mut side = db.as_os_str().to_owned();
-        side.push(suffix);
-        secure_file(Path::new(&side), false, access)?;
-    }
-    Ok(())
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    secure_file(Path::new(&shm), false, access)?;
+    // After the database file: the WAL's folder sync makes the database's entry durable too.
+    Wal::prepare(db, access)
 }
 
 /// Opens (creating it with `mode` if `create`) a file without following a symlink, checks

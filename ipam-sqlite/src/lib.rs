@@ -19,6 +19,8 @@
 //!   write lock (up to [`BUSY_TIMEOUT`], then [`StoreError::Unavailable`]) instead of failing
 //!   halfway. Updates and deletes are compare-and-swap on the revision.
 //! - `synchronous=FULL`: a write that returned is on disk (see [`store`]'s comment on why).
+//!   The WAL's folder entry is made durable once, when the WAL is created, rather than by
+//!   every connection (the `wal` module says why that is as safe).
 //! - A steady-state [`Datastore::node_snapshot`] is one read transaction: one consistent view.
 //! - Opening a file that is not a SQLite database, or one written by a newer schema, fails
 //!   with a typed [`Error`] and leaves the file as it was.
@@ -43,6 +45,7 @@ pub mod files;
 mod path;
 mod schema;
 pub mod store;
+mod wal;
 
 use std::path::PathBuf;
 

@@ -7,6 +7,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 use crate::files::{self, Access};
+use crate::wal::Wal;
 use crate::{Error, Result};
 
 /// The schema version this build reads and writes (`PRAGMA user_version`).
@@ -68,7 +69,7 @@ fn wait_for_lock(attempt: i32) -> bool {
 
 /// Opens (creating if missing) and prepares the database at `path`.
 pub(crate) fn open(path: &Path, access: &Access) -> Result<Connection> {
-    files::prepare(path, access)?;
+    let wal = files::prepare(path, access)?;
     // NOFOLLOW again in SQLite itself: a symlink swapped in after the check is refused too.
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -98,6 +99,11 @@ pub(crate) fn open(path: &Path, access: &Access) -> Result<Connection> {
             reason: format!("the file system does not support WAL (journal mode is {mode})"),
         });
     }
+    // SQLite has the WAL open now. This build's SQLite does not sync the folder itself
+    // (`crate::wal` says why that is safe): a WAL it created here needs the sync.
+    if !wal.is_what_sqlite_opened() {
+        wal.sync_folder()?;
+    }
     // FULL, not NORMAL: in WAL mode NORMAL skips the fsync at commit, so a commit survives
     // kill -9 but may be rolled back by a power loss. An allocation that the plugin has
     // already reported to the container runtime would then be handed out a second time
@@ -119,7 +125,7 @@ pub(crate) fn open(path: &Path, access: &Access) -> Result<Connection> {
         .map_err(setup)?;
     conn.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)
         .map_err(setup)?;
-    migrate(&mut conn, path)?;
+    migrate(&mut conn, path, &wal)?;
     Ok(conn)
 }
 
@@ -190,7 +196,7 @@ fn check_version(conn: &Connection, path: &Path, found: i64) -> Result<()> {
 
 /// Brings the schema to [`SCHEMA_VERSION`] in one write transaction, re-reading the version
 /// under the write lock: several processes may open a fresh file at the same moment.
-fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+fn migrate(conn: &mut Connection, path: &Path, wal: &Wal) -> Result<()> {
     let setup = |source| Error::Setup {
         path: path.to_owned(),
         source,
@@ -208,5 +214,8 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(setup)?;
+    // Before the commit: whoever sees the schema sees a WAL whose folder entry is durable,
+    // even if the process that created the WAL has not finished its own sync.
+    wal.sync_folder()?;
     tx.commit().map_err(setup)
 }

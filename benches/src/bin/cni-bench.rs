@@ -1,6 +1,7 @@
 //! `cni-bench`: ADD and DEL as whole processes, `ipam-cni` beside Debian's `host-local`, on
-//! the same disk, at 0, 1,000 and 10,000 addresses already allocated; with the floor (a
-//! process that only starts and exits, plus one durable SQLite commit) and peak memory.
+//! the same disk, at 0, 100, 300, 1,000 and 10,000 addresses already allocated; with the
+//! floor (a process that only starts and exits, plus one durable SQLite commit), peak
+//! memory, and `CNI_COMMAND=VERSION` beside `/bin/true`.
 //!
 //! ```text
 //! cargo build --release -p ipam-cni --bins && target/release/cni-bench [--reps N] [--dir DIR]
@@ -26,7 +27,7 @@ use ipam_sqlite::SqliteStore;
 use serde_json::{Value, json};
 
 const HOST_LOCAL: &str = "/usr/lib/cni/host-local";
-const LEVELS: [usize; 3] = [0, 1_000, 10_000];
+const LEVELS: [usize; 5] = [0, 100, 300, 1_000, 10_000];
 
 struct Bench {
     dir: PathBuf,
@@ -191,6 +192,28 @@ impl Bench {
         Ok((median(spawns), median(commits)))
     }
 
+    /// Medians of `CNI_COMMAND=VERSION` of ours and of `/bin/true`, alternating, in us.
+    fn version_vs_true(&self) -> Result<(f64, f64), String> {
+        let (mut version, mut truth) = (Vec::new(), Vec::new());
+        for _ in 0..self.reps.max(21) {
+            version.push(micros(self.call(
+                &self.plugin,
+                &self.ours,
+                "VERSION",
+                "v",
+            )?));
+            let start = Instant::now();
+            let status = Command::new("/bin/true")
+                .status()
+                .map_err(|e| e.to_string())?;
+            truth.push(micros(start.elapsed()));
+            if !status.success() {
+                return Err("/bin/true failed".into());
+            }
+        }
+        Ok((median(version), median(truth)))
+    }
+
     /// Brings both stores from `from` to `to` allocations; `(0, 0)` sets up the pool.
     fn fill(&self, from: usize, to: usize) -> Result<(), String> {
         let store = SqliteStore::open(self.dir.join("ipam.db")).map_err(|e| e.to_string())?;
@@ -261,6 +284,7 @@ fn bench(b: Bench) -> Result<(), String> {
     );
     b.fill(0, 0)?; // the pool and the node's block limit
     let mut filled = 0;
+    let mut adds = Vec::new();
     for level in LEVELS {
         if level > filled {
             b.fill(filled, level)?;
@@ -279,8 +303,22 @@ fn bench(b: Bench) -> Result<(), String> {
             r.rss[0],
             r.rss[1]
         );
+        adds.push(r.add[0]);
         let _ = std::io::stdout().flush();
     }
+    if let (Some(first), Some(last)) = (adds.first(), adds.last()) {
+        println!(
+            "\nADD at {} vs at {}: {:.2}x",
+            LEVELS[4],
+            LEVELS[0],
+            last / first
+        );
+    }
+    let (version, truth) = b.version_vs_true()?;
+    println!(
+        "CNI_COMMAND=VERSION {version:.0} us vs /bin/true {truth:.0} us: {:.2}x",
+        version / truth
+    );
     Ok(())
 }
 
@@ -302,9 +340,11 @@ fn spawn(
         .spawn()
         .map_err(|e| e.to_string())?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(conf.to_string().as_bytes())
-            .map_err(|e| e.to_string())?;
+        // VERSION is answered without reading stdin: the plugin may be gone already.
+        match stdin.write_all(conf.to_string().as_bytes()) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e.to_string()),
+            _ => {}
+        }
     }
     child.wait_with_output().map_err(|e| e.to_string())
 }

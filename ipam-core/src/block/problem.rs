@@ -103,36 +103,47 @@ fn slot_count(b: &IpamBlock, size: usize) -> Option<BlockProblem> {
     })
 }
 
-/// Every free ordinal lies inside the block, once, and is not allocated. Returns the free
-/// ordinals seen, for [`slots`].
-fn free_list(b: &IpamBlock, size: usize) -> (HashSet<u32>, Vec<BlockProblem>) {
-    let mut seen = HashSet::new();
+/// Every free ordinal lies inside the block, once, and is not allocated. Returns which slots
+/// are free, indexed by ordinal, for [`slots`].
+///
+/// A bitmap rather than a hash set: every assignment validates the block it reads, and
+/// hashing each free ordinal was most of a steady-state `auto_assign` on `MemoryStore`.
+fn free_list(b: &IpamBlock, size: usize) -> (Vec<bool>, Vec<BlockProblem>) {
+    // Never longer than the slot array, so a huge CIDR does not make a huge bitmap.
+    let mut free = vec![false; size.min(b.allocations.len())];
+    // Ordinals inside the block but past its slots: only when the slot count is wrong.
+    let mut past_slots = HashSet::new();
     let mut problems = Vec::new();
     for &ordinal in &b.unallocated {
-        if ordinal as usize >= size {
+        let o = ordinal as usize;
+        if o >= size {
             problems.push(BlockProblem::FreeOutside { ordinal });
-        } else if !seen.insert(ordinal) {
+            continue;
+        }
+        let first = match free.get_mut(o) {
+            Some(seen) => !std::mem::replace(seen, true),
+            None => past_slots.insert(ordinal),
+        };
+        if !first {
             problems.push(BlockProblem::FreeTwice { ordinal });
-        } else if b
-            .allocations
-            .get(ordinal as usize)
-            .is_some_and(Option::is_some)
-        {
+        } else if b.allocations.get(o).is_some_and(Option::is_some) {
             problems.push(BlockProblem::FreeAndAllocated { ordinal });
         }
     }
-    (seen, problems)
+    (free, problems)
 }
 
 /// Every slot is free or points at an attribute that exists. Returns which attributes are
 /// pointed at, for [`unused_attributes`].
-fn slots(b: &IpamBlock, free: &HashSet<u32>) -> (Vec<bool>, Vec<BlockProblem>) {
+fn slots(b: &IpamBlock, free: &[bool]) -> (Vec<bool>, Vec<BlockProblem>) {
     let mut referenced = vec![false; b.attributes.len()];
     let mut problems = Vec::new();
     for (o, slot) in b.allocations.iter().enumerate() {
         let ordinal = o as u32;
         match *slot {
-            None if !free.contains(&ordinal) => problems.push(BlockProblem::Lost { ordinal }),
+            None if !free.get(o).copied().unwrap_or(false) => {
+                problems.push(BlockProblem::Lost { ordinal })
+            }
             None => {}
             Some(attribute) => match referenced.get_mut(attribute as usize) {
                 Some(r) => *r = true,
