@@ -135,8 +135,9 @@ pub enum OpenError {
     Io(#[source] std::io::Error),
 }
 
-fn secure_file(path: &Path, create: bool, access: &Access) -> Result<()> {
-    let file = open_owned(path, create, access.file_mode()).map_err(|e| match e {
+/// The store's error for a file that could not be opened safely.
+pub(crate) fn open_error(path: &Path, e: OpenError) -> Error {
+    match e {
         OpenError::Unsafe(problem) => Error::UnsafePath {
             path: path.to_owned(),
             problem,
@@ -145,7 +146,11 @@ fn secure_file(path: &Path, create: bool, access: &Access) -> Result<()> {
             path: path.to_owned(),
             source,
         },
-    })?;
+    }
+}
+
+fn secure_file(path: &Path, create: bool, access: &Access) -> Result<()> {
+    let file = open_owned(path, create, access.file_mode()).map_err(|e| open_error(path, e))?;
     if let (Some(file), Some(gid)) = (file, access.group) {
         let gid = rustix::fs::Gid::from_raw(gid);
         rustix::fs::fchown(&file, None, Some(gid)).map_err(|e| Error::CreateFile {

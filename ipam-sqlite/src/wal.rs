@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use rustix::fs::{FlockOperation, Mode, OFlags, flock};
 
-use crate::files::{Access, OpenError, open_owned};
+use crate::files::{Access, open_error, open_owned};
 use crate::{Error, Result};
 
 /// The WAL as prepared: which file it is, if it existed.
@@ -178,19 +178,6 @@ fn sync_folder(file: &Path) -> std::io::Result<()> {
     let fd = rustix::fs::open(dir, flags, Mode::empty())?;
     rustix::fs::fsync(&fd)?;
     Ok(())
-}
-
-fn open_error(path: &Path, e: OpenError) -> Error {
-    match e {
-        OpenError::Unsafe(problem) => Error::UnsafePath {
-            path: path.to_owned(),
-            problem,
-        },
-        OpenError::Io(source) => Error::CreateFile {
-            path: path.to_owned(),
-            source,
-        },
-    }
 }
 
 #[cfg(test)]
