@@ -1,12 +1,15 @@
-//! What an assignment reads for a node, the way Calico reads it on Kubernetes: the node's
-//! affinities by Calico's hostname-hash label, and its blocks by the names those affinities
-//! give, so blocks that Calico created (which carry no label of ours) are found too.
+//! What an assignment reads for a node on Kubernetes: the node's affinities by Calico's
+//! hostname-hash label, its blocks by our label and, for any block an affinity names that
+//! carries no label of ours (Calico created or rewrote it), by name: so Calico's affinities
+//! and blocks are found too, and our own steady state stays one list per kind.
 //!
 //! The reads go one after the other. Sending them at once saved nothing measurable (the API
 //! server's consistent-list wait dominates each) and cost the short-lived plugin a TLS
 //! connection per concurrent request (kube-bench: steady plugin ADD 110 ms at once against
 //! about 100 ms in turn). Like the generic snapshot, the reads are not one consistent view;
 //! every write after them is a compare-and-swap.
+
+use std::collections::BTreeSet;
 
 use ipam_core::store::present;
 use ipam_core::{
@@ -33,31 +36,33 @@ impl KubeStore {
         })
     }
 
-    /// The blocks named by `affinities` that are affine to `node` and have room, sorted by
-    /// name as a list returns them. A block that is gone is left out: the allocator
-    /// recreates the block of a confirmed affinity, as Calico does.
+    /// The node's blocks with room, sorted by name as a list returns them: those carrying
+    /// our node label in one list, then a GET for each block an affinity names that the
+    /// list did not return (Calico creates and rewrites blocks without our label). A block
+    /// that is gone is left out: the allocator recreates the block of a confirmed affinity,
+    /// as Calico does.
     async fn affine_blocks(
         &self,
         node: &str,
         affinities: &[Stored<BlockAffinity>],
     ) -> Result<Vec<Stored<IpamBlock>>, StoreError> {
-        let names = affinities
+        let mut blocks: Vec<Stored<IpamBlock>> = self.list(Scope::Node(node)).await?;
+        let listed: BTreeSet<String> = blocks.iter().map(|b| b.name.clone()).collect();
+        let unlisted = affinities
             .iter()
-            .filter_map(|a| match BlockCidr::new(a.value.cidr) {
-                Ok(cidr) => Some(cidr.name()),
-                // Not a block-shaped CIDR: no block can have that name.
-                Err(_) => None,
-            });
-        let mut blocks: Vec<Stored<IpamBlock>> = Vec::new();
-        for name in names {
+            // Not a block-shaped CIDR: no block can have that name.
+            .filter_map(|a| BlockCidr::new(a.value.cidr).ok().map(|c| c.name()))
+            .filter(|name| !listed.contains(name))
+            .collect::<BTreeSet<_>>();
+        for name in unlisted {
             if let Some(b) = present(self.get::<IpamBlock>(&name).await)? {
-                if b.value.node() == Some(node) && b.value.has_room() {
+                if b.value.node() == Some(node) {
                     blocks.push(b);
                 }
             }
         }
+        blocks.retain(|b| b.value.has_room());
         blocks.sort_by(|a, b| a.name.cmp(&b.name));
-        blocks.dedup_by(|a, b| a.name == b.name);
         Ok(blocks)
     }
 }
