@@ -88,6 +88,9 @@ impl Snapshot {
         Self::read_with(store, |_| {}).await
     }
 
+    /// How many times [`Snapshot::read_with`] calls its `step`.
+    pub const READ_STEPS: u64 = 5;
+
     /// [`Snapshot::read`], telling `step` which kind it reads next (`"pools"`, `"blocks"`,
     /// `"handles"`, `"affinities"`) and `"done"` at the end, for a progress display.
     pub async fn read_with<D: Datastore>(

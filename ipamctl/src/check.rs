@@ -88,7 +88,7 @@ pub fn parse_nodes(text: &str) -> BTreeSet<String> {
 }
 
 /// The steps of [`read_snapshot`]: the config and four lists.
-pub const SNAPSHOT_STEPS: u64 = 5;
+pub const SNAPSHOT_STEPS: u64 = Snapshot::READ_STEPS;
 
 /// [`Snapshot::read_with`], moving `bar` a step per kind:
 /// on a large Kubernetes or etcd store each list can take seconds, and the operator sees

@@ -394,3 +394,12 @@ fn tally_counts_per_pool_and_node() {
     assert!(!t.in_use.contains_key(&key("n2")));
     assert_eq!(Tally::per_node(&t.in_use)["n1"], 4);
 }
+
+#[test]
+fn read_with_takes_the_steps_it_announces() {
+    let mut steps = Vec::new();
+    let store = MemoryStore::new();
+    pollster::block_on(Snapshot::read_with(&store, |s| steps.push(s))).unwrap();
+    assert_eq!(steps.len() as u64, Snapshot::READ_STEPS, "{steps:?}");
+    assert_eq!(steps.last(), Some(&"done"));
+}
