@@ -420,15 +420,11 @@ impl KubeApiServer {
         let deadline = Instant::now() + ESTABLISHED_WITHIN;
         for plural in PLURALS {
             let api = self.ipam_api(ADMIN, plural).await;
-            loop {
-                match api.list(&ListParams::default().limit(1)).await {
-                    Ok(_) => break,
-                    Err(kube::Error::Api(e)) if e.code == 429 && Instant::now() < deadline => {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    Err(e) => panic!("{plural} cannot be listed: {e}"),
-                }
-            }
+            let one = ListParams::default().limit(1);
+            let listed = unthrottled(deadline, || api.list(&one));
+            listed
+                .await
+                .unwrap_or_else(|e| panic!("{plural} cannot be listed: {e}"));
         }
     }
 
@@ -452,12 +448,17 @@ impl KubeApiServer {
     pub async fn delete_all_objects(&self) {
         for plural in PLURALS {
             let api = self.ipam_api(ADMIN, plural).await;
-            api.delete_collection(&DeleteParams::default(), &ListParams::default())
+            let deadline = Instant::now() + EMPTY_WITHIN;
+            let (dp, all) = (DeleteParams::default(), ListParams::default());
+            unthrottled(deadline, || api.delete_collection(&dp, &all))
                 .await
                 .unwrap_or_else(|e| panic!("delete every {plural}: {e}"));
-            let deadline = Instant::now() + EMPTY_WITHIN;
             loop {
-                let left = api.list(&ListParams::default()).await.unwrap().items.len();
+                let listed = unthrottled(deadline, || api.list(&all)).await;
+                let left = listed
+                    .unwrap_or_else(|e| panic!("list {plural}: {e}"))
+                    .items
+                    .len();
                 if left == 0 {
                     break;
                 }
@@ -601,6 +602,24 @@ fn extra_args() -> Vec<String> {
     std::env::var("IPAM_KUBE_APISERVER_ARGS")
         .map(|v| v.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
+}
+
+/// `call` sent again while the server answers 429 ("storage is (re)initializing", which a
+/// loaded machine shows for a moment now and then), until `deadline`; any other answer is
+/// returned.
+async fn unthrottled<T, F, Fut>(deadline: Instant, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    loop {
+        match call().await {
+            Err(kube::Error::Api(e)) if e.code == 429 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Reads (GET, LIST, WATCH) and writes (everything else) between two of
