@@ -27,6 +27,7 @@ mod write;
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -127,6 +128,8 @@ pub struct ServeOptions {
     pub writes: Writes,
     /// Which rules a write must meet (the allocator's by default).
     pub admission: Admission,
+    /// The CNI plugin's stats file, rendered on `/metrics` beside the datastore's counts.
+    pub plugin_stats: Option<PathBuf>,
 }
 
 /// The rules a write through the API must meet.
@@ -149,6 +152,7 @@ impl Default for ServeOptions {
             max_watches: 64,
             writes: Writes::ReadOnly,
             admission: Admission::Allocator,
+            plugin_stats: None,
         }
     }
 }

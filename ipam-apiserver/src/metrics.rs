@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ipam_core::Datastore;
 use ipam_core::check::{Snapshot, tally};
+use ipam_metrics::plugin::read_stats_file;
 use ipam_metrics::{CONTENT_TYPE, Metrics};
 
 use crate::ApiServer;
@@ -40,6 +41,14 @@ pub(crate) async fn scrape<D: Datastore + 'static>(
         Ok(snapshot) => {
             let metrics = Metrics::new();
             metrics.observe(&tally(&snapshot));
+            if let Some(path) = &server.options.plugin_stats {
+                // A damaged file costs the plugin's metrics, not the datastore's.
+                match read_stats_file(path) {
+                    Ok(Some(stats)) => metrics.observe_plugin(stats),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "plugin metrics left out"),
+                }
+            }
             text(metrics.render())
         }
         Err(e) => Status::new(

@@ -13,7 +13,8 @@
 //!
 //! Everything this plugin decides is in the submodules, generic over the datastore:
 //! [`config`] (Calico's keys), [`hostlocal`] (host-local's keys), [`node`] (node name, handles, `CNI_ARGS`), [`ops`] (ADD, DEL,
-//! CHECK), [`gc`] (GC), [`status`] (STATUS), [`lock`] (the host lock), [`log`], [`error`] (codes).
+//! CHECK), [`gc`] (GC), [`status`] (STATUS), [`lock`] (the host lock), [`stats`] (the
+//! plugin's metrics), [`log`], [`error`] (codes).
 //! [`IpamPlugin`] ties them to the protocol: parse and check everything, then open the
 //! datastore (so a rejected request writes nothing), then run the verb.
 
@@ -26,10 +27,13 @@ pub mod lock;
 pub mod log;
 pub mod node;
 pub mod ops;
+pub mod stats;
 pub mod status;
 
 use std::net::IpAddr;
+use std::time::Instant;
 
+use ipam_core::stats::{Outcome, Sample};
 use ipam_core::{Datastore, Ipam};
 use ipnet::IpNet;
 use rscni_plugin::cni::Cni;
@@ -116,6 +120,7 @@ impl IpamPlugin {
         args: &Args,
         verb: impl FnOnce(&Args) -> Result<Verb>,
     ) -> Result<(PluginConfig, Vec<IpNet>)> {
+        let started = Instant::now();
         check_config_size(args.config())?;
         let config = PluginConfig::from_netconf(args.config(), &self.own_name)?;
         let log = Logger::new(config.log_level, config.log_file.as_deref());
@@ -126,12 +131,13 @@ impl IpamPlugin {
             None => DatastoreSpec::resolve(None)?,
         };
         let is_status = matches!(verb, Verb::Status);
+        let recorded = verb.recorded_as();
+        let stats_path = spec.node_file(".stats");
         let ctx = Context {
             config: &config,
             node,
             log: &log,
-            // Beside the database for the embedded store; a host path for the others.
-            lock_path: Some(spec.sibling(".lock").unwrap_or_else(lock::host_lock_path)),
+            lock_path: Some(spec.node_file(".lock")),
             create_pools: spec.local_path().is_some(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -141,15 +147,32 @@ impl IpamPlugin {
         let outcome = runtime.block_on(datastore::with_store(&spec, Run { ctx, verb }));
         // A lock waiter abandoned at its time limit may still sit in flock: do not wait for it.
         runtime.shutdown_background();
-        match outcome {
-            Ok(result) => result,
-            Err(e) if is_status => Err(CniError::NotAvailable {
-                reason: e.to_string(),
-            }),
-            Err(e) => Err(e.into()),
+        let (result, conflicts) = match outcome {
+            Ok(ran) => (ran.result, ran.conflicts),
+            Err(e) if is_status => (
+                Err(CniError::NotAvailable {
+                    reason: e.to_string(),
+                }),
+                0,
+            ),
+            Err(e) => (Err(e.into()), 0),
+        };
+        if let Some(operation) = recorded {
+            let sample = Sample {
+                operation,
+                outcome: if result.is_ok() {
+                    Outcome::Ok
+                } else {
+                    Outcome::Error
+                },
+                seconds: started.elapsed().as_secs_f64(),
+                conflicts,
+            };
+            stats::record(&stats_path, sample, &log);
         }
-        .inspect_err(|e| log.warn(format_args!("{e}")))
-        .map(|ips| (config, ips))
+        result
+            .inspect_err(|e| log.warn(format_args!("{e}")))
+            .map(|ips| (config, ips))
     }
 
     fn wire(
@@ -161,18 +184,45 @@ impl IpamPlugin {
     }
 }
 
-impl StoreOp for Run<'_> {
-    type Output = Result<Vec<IpNet>>;
+/// What a verb answered, and the compare-and-swap conflicts it met on the way.
+struct Ran {
+    result: Result<Vec<IpNet>>,
+    conflicts: u64,
+}
 
-    async fn run<D: Datastore + 'static>(self, store: D) -> Result<Vec<IpNet>> {
+impl Verb {
+    /// The name the plugin's metrics record the verb under; only ADD and DEL are recorded.
+    fn recorded_as(&self) -> Option<&'static str> {
+        match self {
+            Verb::Add(_) => Some("add"),
+            Verb::Del(_) => Some("del"),
+            Verb::Check(..) | Verb::Gc(_) | Verb::Status => None,
+        }
+    }
+}
+
+impl StoreOp for Run<'_> {
+    type Output = Ran;
+
+    async fn run<D: Datastore + 'static>(self, store: D) -> Ran {
         let ipam = Ipam::new(store, ipam_core::SystemClock);
+        let result = self.verb_on(&ipam).await;
+        Ran {
+            result,
+            conflicts: ipam.conflicts(),
+        }
+    }
+}
+
+impl Run<'_> {
+    async fn verb_on<D: Datastore>(&self, ipam: &Ipam<D>) -> Result<Vec<IpNet>> {
         let ctx = &self.ctx;
         match &self.verb {
-            Verb::Add(att) => ops::add(&ipam, ctx, att).await,
-            Verb::Del(att) => ops::del(&ipam, ctx, att).await,
-            Verb::Check(att, prev) => ops::check(&ipam, ctx, att, prev).await.map(|()| Vec::new()),
-            Verb::Gc(valid) => gc::gc(&ipam, ctx, valid).await.map(|_| Vec::new()),
-            Verb::Status => status::status(&ipam, ctx).await.map(|()| Vec::new()),
+            Verb::Add(att) => ops::add(ipam, ctx, att).await,
+            Verb::Del(att) => ops::del(ipam, ctx, att).await,
+            Verb::Check(att, prev) => ops::check(ipam, ctx, att, prev).await.map(|()| Vec::new()),
+            Verb::Gc(valid) => gc::gc(ipam, ctx, valid).await.map(|_| Vec::new()),
+            Verb::Status => status::status(ipam, ctx).await.map(|()| Vec::new()),
         }
     }
 }

@@ -96,9 +96,14 @@ async fn ipamctl_check(server: &KubeApiServer, live: &Path) -> (u8, Value) {
     let cli =
         ipamctl::Cli::try_parse_from(["ipamctl", "-o", "json", "check", "--live", live]).unwrap();
     let mut out = Vec::new();
-    let code = ipamctl::run(&cli, server.store(ADMIN).await, &mut out, None)
-        .await
-        .unwrap();
+    let code = ipamctl::run(
+        &cli,
+        server.store(ADMIN).await,
+        &mut out,
+        Default::default(),
+    )
+    .await
+    .unwrap();
     (code, serde_json::from_slice(&out).unwrap())
 }
 

@@ -34,6 +34,7 @@ pub mod model;
 pub mod names;
 pub mod retry;
 pub mod selector;
+pub mod stats;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

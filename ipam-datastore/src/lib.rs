@@ -188,6 +188,21 @@ impl DatastoreSpec {
             PathBuf::from(name)
         })
     }
+
+    /// A node-local file of the CNI plugin for this store (its host lock `.lock`, its
+    /// metrics `.stats`): beside the database for the embedded store; for etcd and
+    /// Kubernetes `ipam-cni` + `suffix` in `/run` as root (gone at reboot, as a lock should
+    /// be), otherwise in the temporary directory.
+    pub fn node_file(&self, suffix: &str) -> PathBuf {
+        self.sibling(suffix).unwrap_or_else(|| {
+            let name = format!("ipam-cni{suffix}");
+            if rustix::process::geteuid().is_root() {
+                Path::new("/run").join(name)
+            } else {
+                std::env::temp_dir().join(name)
+            }
+        })
+    }
 }
 
 impl FromStr for DatastoreSpec {
@@ -388,11 +403,17 @@ mod tests {
             s.sibling(".lock").unwrap(),
             PathBuf::from("/var/lib/ipam/ipam.db.lock")
         );
-        assert!(
-            DatastoreSpec::Kubernetes { kubeconfig: None }
-                .sibling(".lock")
-                .is_none()
+        assert_eq!(
+            s.node_file(".stats"),
+            PathBuf::from("/var/lib/ipam/ipam.db.stats")
         );
+        let k8s = DatastoreSpec::Kubernetes { kubeconfig: None };
+        assert!(k8s.sibling(".lock").is_none());
+        let host = k8s.node_file(".lock");
+        assert_eq!(host.file_name().unwrap(), "ipam-cni.lock");
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(host, PathBuf::from("/run/ipam-cni.lock"));
+        }
     }
 
     struct CountPools;

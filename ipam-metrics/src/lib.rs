@@ -7,13 +7,17 @@
 //! dashboards and alerts work unchanged; `ipam_gc_releases` (by reason) and
 //! `ipam_controller_leader` are ours. The counts come from [`ipam_core::check::tally`] over
 //! one snapshot: every update replaces them all, so a scrape never mixes two snapshots.
-//! The text is OpenMetrics, in which a counter's sample carries a `_total` suffix.
+//! The text is OpenMetrics, in which a counter's sample carries a `_total` suffix. The CNI
+//! plugin's own latency and conflicts come from its stats file ([`plugin`]).
+
+pub mod plugin;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use ipam_core::check::{PoolNode, Tally};
+use ipam_core::stats::PluginStats;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -40,6 +44,7 @@ pub struct Metrics {
     registry: Registry,
     usage: Usage,
     gc: Option<GcMetrics>,
+    plugin: Arc<plugin::PluginOps>,
     // Held while the gauges are replaced and while they are encoded, so that a scrape sees
     // one snapshot whole.
     consistent: Mutex<()>,
@@ -72,10 +77,13 @@ impl Metrics {
         let mut registry = Registry::default();
         let usage = Usage::default();
         usage.register(&mut registry);
+        let plugin = Arc::new(plugin::PluginOps::default());
+        registry.register_collector(Box::new(plugin.clone()));
         Metrics {
             registry,
             usage,
             gc: None,
+            plugin,
             consistent: Mutex::new(()),
         }
     }
@@ -112,6 +120,11 @@ impl Metrics {
         set_node(&u.in_use_per_node, &Tally::per_node(&tally.in_use));
         set_node(&u.borrowed_per_node, &Tally::per_node(&tally.borrowed));
         set_node(&u.blocks_per_node, &Tally::per_node(&tally.blocks));
+    }
+
+    /// Replaces the CNI plugin's totals (read with [`plugin::read_stats_file`]).
+    pub fn observe_plugin(&self, stats: PluginStats) {
+        self.plugin.set(stats);
     }
 
     /// The OpenMetrics text of every metric ([`CONTENT_TYPE`]).
@@ -282,8 +295,48 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
         }
+        assert!(
+            !text.contains("ipam_cni_"),
+            "no plugin totals were given:\n{text}"
+        );
         // A new snapshot replaces the old counts: a node that is gone disappears.
         m.observe(&Tally::default());
         assert!(!m.render().contains("node=\"n1\"} 3"));
+    }
+
+    #[test]
+    fn renders_the_plugin_totals_as_a_histogram_and_a_counter() {
+        use ipam_core::stats::{Outcome, Sample};
+        let mut stats = PluginStats::default();
+        let mut sample = |operation, outcome, seconds, conflicts| {
+            stats.record(Sample {
+                operation,
+                outcome,
+                seconds,
+                conflicts,
+            })
+        };
+        sample("add", Outcome::Ok, 0.0015, 2);
+        sample("add", Outcome::Ok, 0.03, 0);
+        sample("add", Outcome::Error, 0.3, 1);
+        sample("del", Outcome::Ok, 0.0004, 0);
+        let m = Metrics::new();
+        m.observe_plugin(stats);
+        let text = m.render();
+        for line in [
+            "# TYPE ipam_cni_operation_duration_seconds histogram",
+            "ipam_cni_operation_duration_seconds_count{operation=\"add\",outcome=\"ok\"} 2",
+            "ipam_cni_operation_duration_seconds_bucket{le=\"0.001\",operation=\"add\",outcome=\"ok\"} 0",
+            "ipam_cni_operation_duration_seconds_bucket{le=\"0.002\",operation=\"add\",outcome=\"ok\"} 1",
+            "ipam_cni_operation_duration_seconds_bucket{le=\"+Inf\",operation=\"add\",outcome=\"ok\"} 2",
+            "ipam_cni_operation_duration_seconds_count{operation=\"add\",outcome=\"error\"} 1",
+            "ipam_cni_operation_duration_seconds_bucket{le=\"0.0005\",operation=\"del\",outcome=\"ok\"} 1",
+            "# TYPE ipam_cni_cas_conflicts counter",
+            "ipam_cni_cas_conflicts_total{operation=\"add\"} 3",
+            "ipam_cni_cas_conflicts_total{operation=\"del\"} 0",
+            "# EOF",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
     }
 }

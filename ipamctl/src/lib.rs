@@ -230,16 +230,24 @@ impl Cli {
     }
 }
 
+/// The files a command keeps or reads beside the datastore when no flag names them.
+#[derive(Clone, Debug, Default)]
+pub struct StoreFiles {
+    /// Where `gc` keeps its observations (`--state`).
+    pub gc_state: Option<PathBuf>,
+    /// The CNI plugin's stats file that `serve` renders on `/metrics` (`--plugin-stats`).
+    pub plugin_stats: Option<PathBuf>,
+}
+
 /// Runs a parsed command on `store`, writing results to `out`; returns the exit status.
-/// `state_default` is where `gc` keeps its observations when `--state` is not given.
 pub async fn run<D: Datastore + 'static>(
     cli: &Cli,
     store: D,
     out: &mut dyn Write,
-    state_default: Option<PathBuf>,
+    files: StoreFiles,
 ) -> Result<u8> {
     if let Command::Serve(args) = &cli.command {
-        return serve::run(store, args, out).await;
+        return serve::run(store, args, files.plugin_stats, out).await;
     }
     let ipam = Ipam::new(store, ipam_core::SystemClock);
     let format = cli.output;
@@ -249,7 +257,7 @@ pub async fn run<D: Datastore + 'static>(
         Command::Show(args) => show::run(&ipam, args, format, out).await,
         Command::Check(args) => check::run(&ipam, args, format, out).await,
         Command::Release(args) => release::run(&ipam, args, format, out).await,
-        Command::Gc(args) => gc::run(&ipam, args, format, out, state_default).await,
+        Command::Gc(args) => gc::run(&ipam, args, format, out, files.gc_state).await,
         Command::Crds => crds::run(out),
         // Taken before the store was wrapped.
         Command::Serve(_) => Ok(EXIT_OK),

@@ -1,7 +1,6 @@
 //! `ipamctl`: parse the command line, open the datastore, run, map the outcome to an exit
 //! status (0 success or clean check, 1 findings or a refused release, 2 errors).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -12,7 +11,7 @@ use ipamctl::{self as ctl, Cli, EXIT_ERROR};
 /// The parsed command, run on whichever store the spec opens.
 struct Run<'a> {
     cli: &'a Cli,
-    gc_state: Option<PathBuf>,
+    files: ctl::StoreFiles,
 }
 
 impl StoreOp for Run<'_> {
@@ -20,7 +19,7 @@ impl StoreOp for Run<'_> {
 
     async fn run<D: Datastore + 'static>(self, store: D) -> Self::Output {
         let mut stdout = std::io::stdout().lock();
-        ctl::run(self.cli, store, &mut stdout, self.gc_state).await
+        ctl::run(self.cli, store, &mut stdout, self.files).await
     }
 }
 
@@ -49,7 +48,10 @@ fn main() -> ExitCode {
     };
     let op = Run {
         cli: &cli,
-        gc_state: spec.sibling(".gc-state.json"),
+        files: ctl::StoreFiles {
+            gc_state: spec.sibling(".gc-state.json"),
+            plugin_stats: Some(spec.node_file(".stats")),
+        },
     };
     match runtime.block_on(with_store(&spec, op)) {
         Ok(Ok(code)) => ExitCode::from(code),

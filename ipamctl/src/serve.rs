@@ -39,6 +39,11 @@ pub struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// The CNI plugin's stats file, whose latency histogram and conflict counts `/metrics`
+    /// adds to the datastore's [default: beside the SQLite database, or
+    /// /run/ipam-cni.stats for etcd and Kubernetes, where the plugin writes it as root].
+    #[arg(long, value_name = "FILE")]
+    pub plugin_stats: Option<PathBuf>,
 }
 
 /// Which writes the arguments allow, the token read from its file.
@@ -107,6 +112,7 @@ fn banner(args: &ServeArgs, l: &Listeners, writes: &Writes) -> Result<String> {
 pub async fn run<D: Datastore + 'static>(
     store: D,
     args: &ServeArgs,
+    plugin_stats_default: Option<PathBuf>,
     out: &mut dyn Write,
 ) -> Result<u8> {
     let writes = writes(args)?;
@@ -123,6 +129,7 @@ pub async fn run<D: Datastore + 'static>(
     };
     let options = ServeOptions {
         writes,
+        plugin_stats: args.plugin_stats.clone().or(plugin_stats_default),
         ..ServeOptions::default()
     };
     let served = ipam_apiserver::serve_listeners(listeners, store, options, interrupted).await;

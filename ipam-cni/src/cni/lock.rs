@@ -13,16 +13,6 @@ use rustix::fs::{FlockOperation, flock};
 
 use super::log::Logger;
 
-/// The host lock for datastores that keep no file on this host (etcd, Kubernetes): in
-/// `/run` as root, where it vanishes at reboot, otherwise in the temporary directory.
-pub fn host_lock_path() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        PathBuf::from("/run/ipam-cni.lock")
-    } else {
-        std::env::temp_dir().join("ipam-cni.lock")
-    }
-}
-
 /// How long to wait for the lock before going ahead without it.
 pub const LOCK_WAIT: Duration = Duration::from_secs(60);
 

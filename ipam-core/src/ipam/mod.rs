@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ipnet::IpNet;
 
@@ -30,7 +31,7 @@ use crate::cidr::parse_cidr_or_ip;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::model::{IpPool, IpReservation, IpamConfig};
-use crate::retry::{MAX_ATTEMPTS, RetryError, retry_conflicts};
+use crate::retry::{Conflicting, MAX_ATTEMPTS, RetryError, retry_conflicts};
 use crate::store::{Datastore, StoreError, Stored};
 
 /// The allocator: Calico's IPAM operations over a datastore.
@@ -39,6 +40,8 @@ pub struct Ipam<D> {
     clock: Arc<dyn Clock>,
     /// Blocks this process has seen taken, so that claims skip them without a read.
     free_blocks: free_blocks::FreeBlockHints,
+    /// Attempts that lost a compare-and-swap race, for the operator's metrics.
+    conflicts: AtomicU64,
 }
 
 /// Address family, for messages and pool filtering.
@@ -62,7 +65,15 @@ impl<D: Datastore> Ipam<D> {
             store,
             clock: Arc::new(clock),
             free_blocks: free_blocks::FreeBlockHints::default(),
+            conflicts: AtomicU64::new(0),
         }
+    }
+
+    /// How many attempts of this allocator's operations lost a compare-and-swap race
+    /// (each was retried, or ended the operation at [`MAX_ATTEMPTS`]). A count that grows
+    /// with the load means writers queue on the same blocks.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
     }
 
     /// The datastore.
@@ -98,12 +109,23 @@ impl<D: Datastore> Ipam<D> {
         &self,
         operation: &'static str,
         state: S,
-        attempt: impl FnMut(S) -> Fut,
+        mut attempt: impl FnMut(S) -> Fut,
     ) -> Result<T>
     where
         Fut: Future<Output = (S, Result<T>)>,
     {
-        retry_conflicts(MAX_ATTEMPTS, state, attempt)
+        let conflicts = &self.conflicts;
+        let counted = move |state| {
+            let fut = attempt(state);
+            async move {
+                let (state, result) = fut.await;
+                if result.as_ref().is_err_and(Conflicting::is_conflict) {
+                    conflicts.fetch_add(1, Ordering::Relaxed);
+                }
+                (state, result)
+            }
+        };
+        retry_conflicts(MAX_ATTEMPTS, state, counted)
             .await
             .map_err(|e| match e {
                 RetryError::Failed(e) => e,
