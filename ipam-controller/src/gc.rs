@@ -7,7 +7,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use ipam_core::check::{
-    Finding, FindingKind, Live, NO_AFFINITY, Observations, PoolNode, Snapshot, check, pool_of,
+    Finding, FindingKind, Live, NO_AFFINITY, Observations, PoolNode, Snapshot, TunnelLeak, check,
+    dead_node_tunnels, pool_of,
 };
 use ipam_core::{
     BlockAffinity, BlockCidr, Datastore, Error as IpamError, Ipam, NodeName, ReleaseOutcome,
@@ -23,13 +24,15 @@ use crate::cluster::{Cluster, LiveView};
 pub struct Collector {
     grace: time::Duration,
     leaks: Observations,
+    dead_node_tunnels: Observations,
     dead_node_affinities: Observations,
 }
 
 /// What one pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
-    /// Addresses released because their pod is gone.
+    /// Addresses released because their pod is gone, or because they were the tunnel
+    /// address of a node that is gone.
     pub released: Vec<IpAddr>,
     /// Affinities (with their empty blocks) released because their node is gone, by name.
     pub affinities_released: Vec<String>,
@@ -57,12 +60,15 @@ impl Collector {
         Collector {
             grace: time::Duration::try_from(grace).unwrap_or(time::Duration::MAX),
             leaks: Observations::default(),
+            dead_node_tunnels: Observations::default(),
             dead_node_affinities: Observations::default(),
         }
     }
 
     /// One pass at `now` over `snapshot`, against what `cluster` holds; `leading` is asked
-    /// before every release, so a controller that lost its lease stops mid-pass.
+    /// before every release, so a controller that lost its lease stops mid-pass. Each
+    /// release is boxed: the datastore's futures are large, and three of them side by side
+    /// in this one overflowed a worker thread's stack in a debug build.
     pub async fn pass<D: Datastore>(
         &mut self,
         ipam: &Ipam<D>,
@@ -79,16 +85,32 @@ impl Collector {
             if !leading() {
                 break;
             }
-            release_leak(ipam, cluster, &leak, metrics, &mut report).await;
+            Box::pin(release_leak(ipam, cluster, &leak, metrics, &mut report)).await;
+        }
+        let due = self.due_tunnels(snapshot, &live, now);
+        for t in due {
+            if !leading() {
+                break;
+            }
+            Box::pin(release_tunnel(
+                ipam,
+                cluster,
+                &t,
+                snapshot,
+                metrics,
+                &mut report,
+            ))
+            .await;
         }
         let due = self.due_affinities(snapshot, &live, now);
         for a in due {
             if !leading() {
                 break;
             }
-            release_affinity(ipam, cluster, a, metrics, &mut report).await;
+            Box::pin(release_affinity(ipam, cluster, a, metrics, &mut report)).await;
         }
-        report.watching = self.leaks.len() + self.dead_node_affinities.len();
+        report.watching =
+            self.leaks.len() + self.dead_node_tunnels.len() + self.dead_node_affinities.len();
         report
     }
 
@@ -126,6 +148,27 @@ impl Collector {
             }
         }
         whole_handles(due, snapshot)
+    }
+
+    /// Tunnel addresses of nodes that are gone, which nothing else on the node holds back,
+    /// seen so and unchanged (handle, sequence number) for the grace period.
+    fn due_tunnels(
+        &mut self,
+        snapshot: &Snapshot,
+        live: &LiveView,
+        now: OffsetDateTime,
+    ) -> Vec<TunnelLeak> {
+        let found = dead_node_tunnels(snapshot, &live.owners, &live.nodes);
+        let keys: BTreeSet<String> = found.iter().map(|t| t.ip.to_string()).collect();
+        self.dead_node_tunnels.retain(&keys);
+        found
+            .into_iter()
+            .filter(|t| {
+                let mark = format!("{:?} {:?}", t.handle, t.sequence);
+                self.dead_node_tunnels
+                    .due(&t.ip.to_string(), &mark, now, self.grace)
+            })
+            .collect()
     }
 
     /// Affinities of nodes that are gone, whose block is empty or missing, seen so and
@@ -225,34 +268,78 @@ async fn release_leak<D: Datastore>(
     metrics: Option<&GcMetrics>,
     report: &mut PassReport,
 ) {
-    let outcome: Result<Option<ReleaseOutcome>> = async {
-        if cluster.pod_exists(&l.namespace, &l.pod).await? {
-            return Ok(None);
-        }
-        let request = ReleaseRequest {
-            ip: l.ip,
-            sequence: l.sequence,
-            handle: l.handle.clone(),
-        };
-        let done = ipam.release_ips(&[request]).await?;
-        Ok(done.into_iter().next().map(|(_, o)| o))
-    }
-    .await;
-    match outcome {
-        Ok(Some(ReleaseOutcome::Released | ReleaseOutcome::CoolingDown)) => {
+    let request = ReleaseRequest {
+        ip: l.ip,
+        sequence: l.sequence,
+        handle: l.handle.clone(),
+    };
+    match release_if_gone(ipam, cluster.pod_exists(&l.namespace, &l.pod), request).await {
+        Ok(true) => {
             tracing::info!(ip = %l.ip, namespace = %l.namespace, pod = %l.pod, "released the address of a deleted pod");
             report.released.push(l.ip);
             if let Some(m) = metrics {
-                m.reclaimed(&l.at);
+                m.reclaimed(&l.at, GcReason::PodDeleted);
             }
         }
-        // The pod exists after all, or the address changed hands since it was read.
-        Ok(_) => {}
+        Ok(false) => {}
         Err(e) => {
             tracing::warn!(ip = %l.ip, "releasing a leaked address failed: {e}");
             report.errors += 1;
         }
     }
+}
+
+/// Releases a deleted node's tunnel address if the node is still gone, guarded by its
+/// handle and sequence number.
+async fn release_tunnel<D: Datastore>(
+    ipam: &Ipam<D>,
+    cluster: &Cluster,
+    t: &TunnelLeak,
+    snapshot: &Snapshot,
+    metrics: Option<&GcMetrics>,
+    report: &mut PassReport,
+) {
+    let request = ReleaseRequest {
+        ip: t.ip,
+        sequence: t.sequence,
+        handle: t.handle.clone(),
+    };
+    match release_if_gone(ipam, cluster.node_exists(&t.node), request).await {
+        Ok(true) => {
+            tracing::info!(ip = %t.ip, node = %t.node, "released the tunnel address of a deleted node");
+            report.released.push(t.ip);
+            if let Some(m) = metrics {
+                let at = PoolNode {
+                    pool: pool_of(&snapshot.pools, &t.block).to_owned(),
+                    node: t.node.clone(),
+                };
+                m.reclaimed(&at, GcReason::NodeDeleted);
+            }
+        }
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(ip = %t.ip, "releasing a deleted node's tunnel address failed: {e}");
+            report.errors += 1;
+        }
+    }
+}
+
+/// Releases `request` unless its owner, read once more from the API server, exists after
+/// all; whether it was released (false too when the address changed hands since it was
+/// read, which the handle and sequence number guard).
+async fn release_if_gone<D: Datastore>(
+    ipam: &Ipam<D>,
+    owner_exists: impl std::future::Future<Output = Result<bool>>,
+    request: ReleaseRequest,
+) -> Result<bool> {
+    if owner_exists.await? {
+        return Ok(false);
+    }
+    let done = ipam.release_ips(&[request]).await?;
+    Ok(matches!(
+        done.into_iter().next().map(|(_, o)| o),
+        Some(ReleaseOutcome::Released | ReleaseOutcome::CoolingDown)
+    ))
 }
 
 /// Releases one affinity of a node that is gone, and its block if empty.

@@ -20,7 +20,9 @@ use std::time::Duration;
 
 use ipam_controller::Controller;
 use ipam_core::model::ATTR_NODE;
-use ipam_core::{BlockAffinity, Datastore, HandleId, IpPool, IpamBlock, NodeName, Scope};
+use ipam_core::{
+    AutoAssignArgs, BlockAffinity, Datastore, HandleId, IpPool, IpamBlock, NodeName, Scope,
+};
 use ipam_metrics::Metrics;
 use ipam_tests::apiserver::{ADMIN, KubeApiServer};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -232,11 +234,29 @@ async fn keeps_what_is_inside_the_grace_period(server: &KubeApiServer) {
     c.stop().await;
 }
 
+/// A node's tunnel address as calico-node allocates it: Calico's handle and `type`.
+async fn tunnel_address(server: &KubeApiServer, pool: &str, node: &str) -> std::net::IpAddr {
+    let handle = HandleId::new(format!("ipip-tunnel-addr-{node}")).unwrap();
+    let mut args = AutoAssignArgs::new(NodeName::new(node).unwrap(), 1, 0).with_handle(handle);
+    args.pools4 = vec![pool.to_owned()];
+    args.attrs = BTreeMap::from([
+        (ATTR_NODE.to_owned(), node.to_owned()),
+        ("type".to_owned(), "ipipTunnelAddress".to_owned()),
+    ]);
+    admin(server).await.auto_assign(&args).await.unwrap().ipv4[0].addr()
+}
+
 async fn releases_a_deleted_nodes_blocks(server: &KubeApiServer) {
     pool(server, "gone", "10.63.0.0/24").await;
     create_node(server, "gone-a").await;
     create_pod(server, "apps", "on-gone", "gone-a").await;
     let ip = plugin_add(server, "gone", "gone-a", "apps", "on-gone").await;
+    let tunnel = tunnel_address(server, "gone", "gone-a").await;
+    // Node gone-b goes while a pod bound to it still exists: its tunnel address stays.
+    create_node(server, "gone-b").await;
+    create_pod(server, "apps", "on-gone-b", "gone-b").await;
+    plugin_add(server, "gone", "gone-b", "apps", "on-gone-b").await;
+    let kept_tunnel = tunnel_address(server, "gone", "gone-b").await;
     let store = server.store(ADMIN).await;
     let node_blocks = || async {
         let blocks = store.list::<IpamBlock>(Scope::All).await.unwrap();
@@ -261,8 +281,12 @@ async fn releases_a_deleted_nodes_blocks(server: &KubeApiServer) {
     // While the node and its pod exist, nothing of it goes.
     until_status(&c, "three passes", |s| s.passes >= 3).await;
     assert_eq!(node_blocks().await, (1, 1));
+    assert!(holder(&admin(server).await, tunnel).await.is_some());
     delete_pod(server, "apps", "on-gone").await;
     delete_node(server, "gone-a").await;
+    delete_node(server, "gone-b").await;
+    // The tunnel address goes with the node's last pod; only then is its block empty and
+    // the affinity released.
     let s = until_status(&c, "the node's affinity released", |s| {
         s.affinities_released
             .iter()
@@ -270,10 +294,16 @@ async fn releases_a_deleted_nodes_blocks(server: &KubeApiServer) {
     })
     .await;
     assert!(s.released.contains(&ip), "{s:?}");
+    assert!(s.released.contains(&tunnel), "{s:?}");
     until("the node's blocks and affinities gone", || async {
         node_blocks().await == (0, 0)
     })
     .await;
+    assert!(
+        holder(&admin(server).await, kept_tunnel).await.is_some(),
+        "the tunnel address of a node whose pod still exists was released"
+    );
+    assert!(!s.released.contains(&kept_tunnel), "{s:?}");
     c.stop().await;
 }
 

@@ -19,12 +19,14 @@ mod grace;
 mod live;
 mod rules;
 mod tally;
+mod tunnel;
 
 pub use self::finding::{Finding, FindingKind};
 pub use self::grace::{Observations, Seen};
 pub use self::live::LiveOwners;
 pub use self::rules::cooldown_over;
 pub use self::tally::{NO_AFFINITY, NO_POOL, PoolNode, Tally, pool_of, tally};
+pub use self::tunnel::{TunnelLeak, dead_node_tunnels};
 
 /// Everything `check` looks at, read once.
 #[derive(Clone, Debug, Default)]

@@ -18,6 +18,19 @@ pub const ATTR_NAMESPACE: &str = "namespace";
 pub const ATTR_POD: &str = "pod";
 /// Attribute key of the allocation time (Go's `time.Time.String()` format, as Calico writes).
 pub const ATTR_TIMESTAMP: &str = "timestamp";
+/// Attribute key of what a node's own address is for (Calico's `type`).
+pub const ATTR_TYPE: &str = "type";
+/// The `type` values Calico gives a node's IPIP, VXLAN and WireGuard tunnel addresses.
+pub const TUNNEL_TYPES: [&str; 5] = [
+    "ipipTunnelAddress",
+    "vxlanTunnelAddress",
+    "vxlanV6TunnelAddress",
+    "wireguardTunnelAddress",
+    "wireguardV6TunnelAddress",
+];
+/// The handle of the addresses Calico reserves in each block on Windows nodes; they go
+/// with their block and are never collected on their own.
+pub const WINDOWS_RESERVED_HANDLE: &str = "windows-reserved-ipam-handle";
 
 /// An `IPPool`: a CIDR that blocks are carved from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

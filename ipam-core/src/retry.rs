@@ -53,8 +53,24 @@ pub enum RetryError<E> {
 /// ```
 pub async fn retry_conflicts<S, T, E, Fut>(
     limit: u32,
+    state: S,
+    attempt: impl FnMut(S) -> Fut,
+) -> Result<T, RetryError<E>>
+where
+    E: Conflicting,
+    Fut: Future<Output = (S, Result<T, E>)>,
+{
+    retry_counting_conflicts(limit, state, attempt, || {}).await
+}
+
+/// [`retry_conflicts`], calling `on_conflict` for every attempt that conflicted (for a
+/// count in the metrics). The count is taken here rather than by wrapping `attempt`,
+/// because every wrapping future adds a frame to polls that are already deep.
+pub async fn retry_counting_conflicts<S, T, E, Fut>(
+    limit: u32,
     mut state: S,
     mut attempt: impl FnMut(S) -> Fut,
+    mut on_conflict: impl FnMut(),
 ) -> Result<T, RetryError<E>>
 where
     E: Conflicting,
@@ -67,8 +83,12 @@ where
         state = back;
         match result {
             Ok(v) => return Ok(v),
-            Err(e) if e.is_conflict() && attempts < limit => continue,
-            Err(e) if e.is_conflict() => return Err(RetryError::Exhausted { attempts, last: e }),
+            Err(e) if e.is_conflict() => {
+                on_conflict();
+                if attempts >= limit {
+                    return Err(RetryError::Exhausted { attempts, last: e });
+                }
+            }
             Err(e) => return Err(RetryError::Failed(e)),
         }
     }

@@ -35,7 +35,8 @@ type Count = Family<Labels, Gauge>;
 pub enum GcReason {
     /// An address whose pod no longer exists.
     PodDeleted,
-    /// An empty block, or an affinity without a block, of a node that no longer exists.
+    /// A tunnel address, an empty block, or an affinity without a block, of a node that no
+    /// longer exists.
     NodeDeleted,
 }
 
@@ -201,7 +202,7 @@ impl GcMetrics {
         );
         r.register(
             "ipam_gc_releases",
-            "Objects released by the garbage collector, by reason (pod_deleted: addresses; node_deleted: empty blocks and affinities)",
+            "Objects released by the garbage collector, by reason (pod_deleted: addresses; node_deleted: tunnel addresses, empty blocks and affinities)",
             self.releases.clone(),
         );
         r.register(
@@ -216,10 +217,11 @@ impl GcMetrics {
         set_pool_node(&self.candidates, counts);
     }
 
-    /// Counts one address released because its pod is gone.
-    pub fn reclaimed(&self, at: &PoolNode) {
+    /// Counts one address released for `reason` (its pod is gone, or it was the tunnel
+    /// address of a node that is gone).
+    pub fn reclaimed(&self, at: &PoolNode, reason: GcReason) {
         self.reclamations.get_or_create(&pool_node(at)).inc();
-        self.released(GcReason::PodDeleted);
+        self.released(reason);
     }
 
     /// Counts one object released for `reason`.
@@ -279,7 +281,9 @@ mod tests {
         t.blocks.insert(key("default", "n1"), 2);
         let m = Metrics::with_gc();
         m.observe(&t);
-        m.gc().unwrap().reclaimed(&key("default", "n1"));
+        m.gc()
+            .unwrap()
+            .reclaimed(&key("default", "n1"), GcReason::PodDeleted);
         let text = m.render();
         for line in [
             "# TYPE ipam_ippool_size gauge",

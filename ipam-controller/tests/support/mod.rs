@@ -181,8 +181,17 @@ pub async fn plugin_add_on(
         .unwrap()
         .build()
         .unwrap();
-    // The plugin runs its own runtime, as the binary does: off this one's threads.
-    let result = tokio::task::spawn_blocking(move || IpamPlugin::new("ipam-cni").add(args))
+    // The plugin runs its own runtime on its own thread, as the binary does on its main
+    // thread: with the 8 MiB of stack a process gets, not a blocking-pool thread's 2 (a
+    // debug build's deep polls through KubeStore come near 2).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .stack_size(8 << 20)
+        .spawn(move || {
+            let _ = tx.send(IpamPlugin::new("ipam-cni").add(args));
+        })
+        .unwrap();
+    let result = rx
         .await
         .unwrap()
         .unwrap_or_else(|e| panic!("CNI ADD for {ns}/{pod}: {e:?}"));

@@ -19,7 +19,9 @@ use crate::store::Stored;
 
 /// Allocated ordinals of a block with their attributes, skipping malformed entries (which
 /// `problems` reports).
-fn allocated(b: &IpamBlock) -> impl Iterator<Item = (u32, IpAddr, &AllocationAttribute)> {
+pub(super) fn allocated(
+    b: &IpamBlock,
+) -> impl Iterator<Item = (u32, IpAddr, &AllocationAttribute)> {
     let cidr = b.block_cidr().ok();
     let size = cidr.map_or(0, |c| c.size());
     (0..size.min(b.allocations.len() as u32)).filter_map(move |o| {

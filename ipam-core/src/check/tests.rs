@@ -403,3 +403,63 @@ fn read_with_takes_the_steps_it_announces() {
     assert_eq!(steps.len() as u64, Snapshot::READ_STEPS, "{steps:?}");
     assert_eq!(steps.last(), Some(&"done"));
 }
+
+/// Node `gone` has a tunnel address and `held` has one beside a live pod's address; `live`
+/// is a node that exists, with its own tunnel address.
+fn with_tunnels() -> Snapshot {
+    pollster::block_on(async {
+        let ipam = Ipam::new(MemoryStore::new(), crate::SystemClock);
+        let mut pool = IpPool::new("10.1.0.0/24".parse().unwrap());
+        pool.block_size = 29;
+        ipam.create_pool("p", pool).await.unwrap();
+        let assign = |node: &str, handle: String, attrs: BTreeMap<String, String>| {
+            let mut args = AutoAssignArgs::new(NodeName::new(node).unwrap(), 1, 0)
+                .with_handle(HandleId::new(handle).unwrap());
+            args.attrs = attrs;
+            args.attrs.insert("node".into(), node.into());
+            args
+        };
+        for node in ["gone", "held", "live"] {
+            let tunnel = BTreeMap::from([("type".to_owned(), "vxlanTunnelAddress".to_owned())]);
+            let args = assign(node, format!("vxlan-tunnel-addr-{node}"), tunnel);
+            ipam.auto_assign(&args).await.unwrap();
+        }
+        // A pod on `gone` that is gone too: it does not hold the tunnel address back.
+        let args = assign("gone", "net.c9".into(), pod_attrs("default", "deleted"));
+        ipam.auto_assign(&args).await.unwrap();
+        let args = assign("held", "net.c8".into(), pod_attrs("default", "running"));
+        ipam.auto_assign(&args).await.unwrap();
+        Snapshot::read(ipam.store()).await.unwrap()
+    })
+}
+
+#[test]
+fn a_deleted_nodes_tunnel_address_goes_once_nothing_else_holds_the_node() {
+    let s = with_tunnels();
+    let pods = LiveOwners::from_pods([("default".to_owned(), "running".to_owned())]);
+    let nodes: BTreeSet<String> = ["live".to_owned()].into();
+    let found = dead_node_tunnels(&s, &pods, &nodes);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].node, "gone");
+    assert_eq!(found[0].handle.as_deref(), Some("vxlan-tunnel-addr-gone"));
+    assert!(found[0].sequence.is_some());
+    // Once the pod on `held` is gone too, its node's tunnel address goes as well.
+    let none = LiveOwners::from_pods([]);
+    assert_eq!(dead_node_tunnels(&s, &none, &nodes).len(), 2);
+    // An owner that is neither a pod nor a tunnel holds the node back, as in Calico.
+    let mut s = s;
+    let b = block_of_node(&mut s, "gone");
+    let index = b
+        .attributes
+        .iter()
+        .position(|a| a.handle_id.as_deref() == Some("net.c9"))
+        .unwrap();
+    let mut a = (*b.attributes[index]).clone();
+    a.secondary.retain(|k, _| k == "node");
+    b.attributes[index] = a.into();
+    let left: Vec<String> = dead_node_tunnels(&s, &none, &nodes)
+        .into_iter()
+        .map(|t| t.node)
+        .collect();
+    assert_eq!(left, ["held"]);
+}

@@ -31,7 +31,7 @@ use crate::cidr::parse_cidr_or_ip;
 use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::model::{IpPool, IpReservation, IpamConfig};
-use crate::retry::{Conflicting, MAX_ATTEMPTS, RetryError, retry_conflicts};
+use crate::retry::{MAX_ATTEMPTS, RetryError, retry_counting_conflicts};
 use crate::store::{Datastore, StoreError, Stored};
 
 /// The allocator: Calico's IPAM operations over a datastore.
@@ -109,23 +109,15 @@ impl<D: Datastore> Ipam<D> {
         &self,
         operation: &'static str,
         state: S,
-        mut attempt: impl FnMut(S) -> Fut,
+        attempt: impl FnMut(S) -> Fut,
     ) -> Result<T>
     where
         Fut: Future<Output = (S, Result<T>)>,
     {
-        let conflicts = &self.conflicts;
-        let counted = move |state| {
-            let fut = attempt(state);
-            async move {
-                let (state, result) = fut.await;
-                if result.as_ref().is_err_and(Conflicting::is_conflict) {
-                    conflicts.fetch_add(1, Ordering::Relaxed);
-                }
-                (state, result)
-            }
+        let counted = || {
+            self.conflicts.fetch_add(1, Ordering::Relaxed);
         };
-        retry_conflicts(MAX_ATTEMPTS, state, counted)
+        retry_counting_conflicts(MAX_ATTEMPTS, state, attempt, counted)
             .await
             .map_err(|e| match e {
                 RetryError::Failed(e) => e,
