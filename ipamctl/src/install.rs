@@ -39,6 +39,11 @@ const MAX_BINARY: u64 = 512 * 1024 * 1024;
 /// The environment variables the kubelet sets in every pod for the API server.
 const HOST_ENV: &str = "KUBERNETES_SERVICE_HOST";
 const PORT_ENV: &str = "KUBERNETES_SERVICE_PORT";
+/// The node's name, which the DaemonSet sets from `spec.nodeName` (as Calico's does).
+const NODE_ENV: &str = "KUBERNETES_NODE_NAME";
+/// Replaced in the conflist by the node's name, as Calico's `install-cni` replaces it: the
+/// plugin then allocates for the Node object's name, which need not be the host name.
+pub const NODE_PLACEHOLDER: &str = "__KUBERNETES_NODE_NAME__";
 
 /// `install-cni` options. The defaults are the DaemonSet's paths (`deploy/daemonset.yaml`).
 #[derive(Debug, Args)]
@@ -160,7 +165,7 @@ fn plan(args: &InstallArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<
         &sa.join("ca.crt"),
     )?;
     let binary = read_bounded(&args.plugin, MAX_BINARY)?;
-    let conflist = read_bounded(&args.conflist, MAX_TEXT)?;
+    let conflist = with_node_name(read_bounded(&args.conflist, MAX_TEXT)?, env)?;
     check_conflist(&conflist, &args.conflist)?;
     let name_of = |path: &Path| {
         path.file_name()
@@ -191,6 +196,24 @@ fn plan(args: &InstallArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<
             mode: CONFLIST_MODE,
         },
     ])
+}
+
+/// The conflist with [`NODE_PLACEHOLDER`] replaced by `KUBERNETES_NODE_NAME`, which must
+/// then be set and be a node name (so it needs no escaping inside a JSON string).
+fn with_node_name(conflist: Vec<u8>, env: &dyn Fn(&str) -> Option<String>) -> Result<Vec<u8>> {
+    let text = String::from_utf8_lossy(&conflist);
+    if !text.contains(NODE_PLACEHOLDER) {
+        return Ok(conflist);
+    }
+    let name = env(NODE_ENV)
+        .map(|v| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or(CtlError::MissingEnv { name: NODE_ENV })?;
+    let node = ipam_core::NodeName::new(name.as_str()).map_err(|e| CtlError::InvalidEnv {
+        name: NODE_ENV,
+        reason: e.to_string(),
+    })?;
+    Ok(text.replace(NODE_PLACEHOLDER, node.as_str()).into_bytes())
 }
 
 /// `https://HOST:PORT` from the variables the kubelet sets.

@@ -207,6 +207,37 @@ fn a_symlink_planted_in_a_host_directory_is_refused_and_not_followed() {
 }
 
 #[test]
+fn the_node_name_placeholder_becomes_the_nodes_name() {
+    let node = Node::new();
+    let with_placeholder = CONFLIST.replacen(
+        "\"type\":\"bridge\"",
+        "\"type\":\"bridge\",\"nodename\":\"__KUBERNETES_NODE_NAME__\"",
+        1,
+    );
+    assert_ne!(with_placeholder, CONFLIST);
+    std::fs::write(node.path("image/10-ipam.conflist"), &with_placeholder).unwrap();
+    let empty = node.host_files();
+    // Without the variable, or with a name no node can have, nothing is installed.
+    for (env, message) in [
+        (&[][..], "KUBERNETES_NODE_NAME is not set"),
+        (
+            &[("KUBERNETES_NODE_NAME", "a\",\"b")][..],
+            "invalid KUBERNETES_NODE_NAME",
+        ),
+    ] {
+        let out = node.install(env);
+        assert_eq!(out.status.code(), Some(2), "{env:?}");
+        assert!(stderr(&out).contains(message), "{env:?}: {}", stderr(&out));
+        assert_eq!(node.host_files(), empty, "{env:?} changed the node");
+    }
+    let out = node.install(&[("KUBERNETES_NODE_NAME", "worker-7.example")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let installed: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.conflist()).unwrap()).unwrap();
+    assert_eq!(installed["plugins"][0]["nodename"], "worker-7.example");
+}
+
+#[test]
 fn a_bad_environment_is_named_and_changes_nothing() {
     let node = Node::new();
     let empty = node.host_files();

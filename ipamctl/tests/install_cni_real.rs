@@ -64,6 +64,7 @@ fn install(server: &KubeApiServer, sa: &Path, node: &Path) -> String {
         .arg(sa)
         .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
         .env("KUBERNETES_SERVICE_PORT", port)
+        .env("KUBERNETES_NODE_NAME", "node-installed")
         .output()
         .unwrap();
     ok(out)
@@ -107,6 +108,8 @@ async fn the_installed_kubeconfig_acts_as_the_plugins_service_account() {
         .as_str()
         .unwrap();
     assert_eq!(named, "/etc/cni/net.d/ipam-kubeconfig");
+    // And the node's name in place of the placeholder, as the DaemonSet passes it.
+    assert_eq!(conflist["plugins"][0]["nodename"], "node-installed");
     let kubeconfig = node.join(named.trim_start_matches('/'));
 
     let pools: serde_json::Value =
