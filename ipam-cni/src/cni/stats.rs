@@ -6,7 +6,8 @@
 //! plugins add up and a reader (under a shared lock) never sees half of it. It is not
 //! synced: losing the last totals in a crash reads, to Prometheus, as a counter reset.
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use ipam_core::stats::{MAX_FILE_BYTES, PluginStats, Sample};
@@ -39,18 +40,24 @@ enum Kept {
 
 fn add(path: &Path, sample: Sample<'_>) -> Result<Kept, Box<dyn std::error::Error>> {
     // The same checks as the host lock: created 0600, no symlink, owned by us.
-    let Some(mut file) = ipam_sqlite::files::open_owned(path, true, 0o600)? else {
+    let Some(file) = ipam_sqlite::files::open_owned(path, true, 0o600)? else {
         return Err("the file vanished while it was created".into());
     };
     flock(&file, FlockOperation::LockExclusive)?;
-    let mut text = Vec::new();
+    // Room for what the plugin writes (well under 1 KiB), so it is read in one call.
+    let mut text = Vec::with_capacity(2048);
     (&file).take(MAX_FILE_BYTES + 1).read_to_end(&mut text)?;
     let (mut stats, kept) = parse(&text);
     stats.record(sample);
-    let out = serde_json::to_vec(&stats)?;
-    file.set_len(0)?;
-    file.seek(SeekFrom::Start(0))?;
-    file.write_all(&out)?;
+    let mut out = serde_json::to_vec(&stats)?;
+    // Padded with spaces (which JSON allows after the value) to the old length rather than
+    // truncated: a truncate cost a quarter of a millisecond, a tenth of an ADD.
+    if text.len() <= MAX_FILE_BYTES as usize && out.len() < text.len() {
+        out.resize(text.len(), b' ');
+    } else if out.len() < text.len() {
+        file.set_len(out.len() as u64)?;
+    }
+    file.write_all_at(&out, 0)?;
     Ok(kept)
 }
 
@@ -109,6 +116,25 @@ mod tests {
         );
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o600);
+    }
+
+    #[test]
+    fn a_shorter_rewrite_is_padded_and_still_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ipam.db.stats");
+        let log = Logger::new(super::super::log::Level::Warn, None);
+        record(&path, add_ok(0.123456789, 0), &log);
+        // Totals followed by room to spare: the next rewrite is shorter than the file.
+        let mut padded = std::fs::read(&path).unwrap();
+        padded.resize(padded.len() + 40, b' ');
+        std::fs::write(&path, &padded).unwrap();
+        record(&path, add_ok(0.5, 0), &log);
+        let after = std::fs::read(&path).unwrap();
+        assert_eq!(after.len(), padded.len(), "the file was not truncated");
+        assert!(after.ends_with(b" "));
+        let stats = read(&path);
+        assert_eq!(stats.operations[0].count, 2);
+        assert!((stats.operations[0].seconds_sum - 0.623456789).abs() < 1e-9);
     }
 
     #[test]
