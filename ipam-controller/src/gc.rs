@@ -260,7 +260,7 @@ fn leak(f: &Finding, snapshot: &Snapshot) -> Option<Leak> {
     })
 }
 
-/// Releases one leak if its pod is still gone, guarded by its handle and sequence number.
+/// Releases one leak if its pod is still gone.
 async fn release_leak<D: Datastore>(
     ipam: &Ipam<D>,
     cluster: &Cluster,
@@ -273,24 +273,16 @@ async fn release_leak<D: Datastore>(
         sequence: l.sequence,
         handle: l.handle.clone(),
     };
-    match release_if_gone(ipam, cluster.pod_exists(&l.namespace, &l.pod), request).await {
-        Ok(true) => {
-            tracing::info!(ip = %l.ip, namespace = %l.namespace, pod = %l.pod, "released the address of a deleted pod");
-            report.released.push(l.ip);
-            if let Some(m) = metrics {
-                m.reclaimed(&l.at, GcReason::PodDeleted);
-            }
-        }
-        Ok(false) => {}
-        Err(e) => {
-            tracing::warn!(ip = %l.ip, "releasing a leaked address failed: {e}");
-            report.errors += 1;
-        }
-    }
+    let owner = Owner {
+        what: format!("pod {}/{}", l.namespace, l.pod),
+        at: l.at.clone(),
+        reason: GcReason::PodDeleted,
+    };
+    let exists = cluster.pod_exists(&l.namespace, &l.pod);
+    release_address(ipam, exists, request, owner, metrics, report).await;
 }
 
-/// Releases a deleted node's tunnel address if the node is still gone, guarded by its
-/// handle and sequence number.
+/// Releases a deleted node's tunnel address if the node is still gone.
 async fn release_tunnel<D: Datastore>(
     ipam: &Ipam<D>,
     cluster: &Cluster,
@@ -304,42 +296,62 @@ async fn release_tunnel<D: Datastore>(
         sequence: t.sequence,
         handle: t.handle.clone(),
     };
-    match release_if_gone(ipam, cluster.node_exists(&t.node), request).await {
+    let owner = Owner {
+        what: format!("node {} (its tunnel address)", t.node),
+        at: PoolNode {
+            pool: pool_of(&snapshot.pools, &t.block).to_owned(),
+            node: t.node.clone(),
+        },
+        reason: GcReason::NodeDeleted,
+    };
+    let exists = cluster.node_exists(&t.node);
+    release_address(ipam, exists, request, owner, metrics, report).await;
+}
+
+/// Whose an address was, for the log and the metrics.
+struct Owner {
+    what: String,
+    at: PoolNode,
+    reason: GcReason,
+}
+
+/// Releases `request` unless its owner, read once more from the API server, exists after
+/// all. The release is guarded by the handle and sequence number, so an address that
+/// changed hands since it was read is left alone.
+async fn release_address<D: Datastore>(
+    ipam: &Ipam<D>,
+    owner_exists: impl std::future::Future<Output = Result<bool>>,
+    request: ReleaseRequest,
+    owner: Owner,
+    metrics: Option<&GcMetrics>,
+    report: &mut PassReport,
+) {
+    let ip = request.ip;
+    let released: Result<bool> = async {
+        if owner_exists.await? {
+            return Ok(false);
+        }
+        let done = ipam.release_ips(&[request]).await?;
+        Ok(matches!(
+            done.into_iter().next().map(|(_, o)| o),
+            Some(ReleaseOutcome::Released | ReleaseOutcome::CoolingDown)
+        ))
+    }
+    .await;
+    match released {
         Ok(true) => {
-            tracing::info!(ip = %t.ip, node = %t.node, "released the tunnel address of a deleted node");
-            report.released.push(t.ip);
+            tracing::info!(%ip, owner = %owner.what, "released an address whose owner is gone");
+            report.released.push(ip);
             if let Some(m) = metrics {
-                let at = PoolNode {
-                    pool: pool_of(&snapshot.pools, &t.block).to_owned(),
-                    node: t.node.clone(),
-                };
-                m.reclaimed(&at, GcReason::NodeDeleted);
+                m.reclaimed(&owner.at, owner.reason);
             }
         }
         Ok(false) => {}
         Err(e) => {
-            tracing::warn!(ip = %t.ip, "releasing a deleted node's tunnel address failed: {e}");
+            tracing::warn!(%ip, owner = %owner.what, "releasing an address failed: {e}");
             report.errors += 1;
         }
     }
-}
-
-/// Releases `request` unless its owner, read once more from the API server, exists after
-/// all; whether it was released (false too when the address changed hands since it was
-/// read, which the handle and sequence number guard).
-async fn release_if_gone<D: Datastore>(
-    ipam: &Ipam<D>,
-    owner_exists: impl std::future::Future<Output = Result<bool>>,
-    request: ReleaseRequest,
-) -> Result<bool> {
-    if owner_exists.await? {
-        return Ok(false);
-    }
-    let done = ipam.release_ips(&[request]).await?;
-    Ok(matches!(
-        done.into_iter().next().map(|(_, o)| o),
-        Some(ReleaseOutcome::Released | ReleaseOutcome::CoolingDown)
-    ))
 }
 
 /// Releases one affinity of a node that is gone, and its block if empty.

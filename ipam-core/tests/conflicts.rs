@@ -82,9 +82,6 @@ async fn concurrent_nodes_stay_exact_under_injected_conflicts() {
         "too few conflicts to mean anything: {}",
         ipam.store().injected()
     );
-    // Every lost race reached the one retry loop, which counted it for the metrics: the
-    // injected ones and those the tasks really lost to each other.
-    assert!(ipam.conflicts() >= ipam.store().injected());
     let problems = check_invariants(&ipam.store().inner).await.unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
     let mut seen = HashSet::new();
@@ -131,7 +128,9 @@ async fn one_allocator_alone_counts_exactly_the_injected_conflicts() {
         }
     }
     assert!(ipam.store().injected() > 10, "{}", ipam.store().injected());
-    // Nobody else writes, so every conflict is an injected one, counted once.
+    // Nobody else writes, so every conflict is an injected one, counted once. (Among racing
+    // tasks the count can be lower than the injections: a delete that finds itself
+    // superseded is not retried, so not counted; see `Ipam::conflicts`.)
     assert_eq!(ipam.conflicts(), ipam.store().injected());
 }
 

@@ -71,7 +71,8 @@ impl<D: Datastore> Ipam<D> {
 
     /// How many attempts of this allocator's operations lost a compare-and-swap race
     /// (each was retried, or ended the operation at [`MAX_ATTEMPTS`]). A count that grows
-    /// with the load means writers queue on the same blocks.
+    /// with the load means writers queue on the same blocks. A delete that finds its object
+    /// already replaced is not a retry (someone else's write stands) and is not counted.
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(Ordering::Relaxed)
     }
