@@ -150,3 +150,23 @@ fn serve_as<R: Resource>(body: &Value) -> bool {
     let _ = ipam_apiserver::object::to_object(&stored, &ipam_apiserver::object::Meta::default());
     true
 }
+
+/// The CNI plugin's stats file as `ipamctl serve` reads it for `/metrics`: parse and check,
+/// render, then add one operation as the plugin would. A value that passed the check must
+/// still pass it afterwards.
+pub fn plugin_stats(data: &[u8]) -> bool {
+    let Ok(Some(mut stats)) = ipam_metrics::plugin::parse_stats(data) else {
+        return false;
+    };
+    let metrics = ipam_metrics::Metrics::new();
+    metrics.observe_plugin(stats.clone());
+    let _ = metrics.render();
+    stats.record(ipam_core::stats::Sample {
+        operation: "add",
+        outcome: ipam_core::stats::Outcome::Ok,
+        seconds: 0.004,
+        conflicts: 1,
+    });
+    assert!(stats.problems().is_empty(), "{:?}", stats.problems());
+    true
+}

@@ -83,8 +83,9 @@ pub struct Sample<'a> {
 }
 
 impl PluginStats {
-    /// Adds one operation. Counters saturate instead of wrapping, so a total never goes
-    /// backwards (a Prometheus counter that drops reads as a restart).
+    /// Adds one operation. Totals stop at their largest value instead of wrapping, so a
+    /// total never goes backwards (a Prometheus counter that drops reads as a restart) and
+    /// the buckets still add up to the count.
     pub fn record(&mut self, sample: Sample<'_>) {
         let at = match self
             .operations
@@ -114,9 +115,12 @@ impl PluginStats {
             .iter()
             .position(|bound| seconds <= *bound)
             .unwrap_or(LATENCY_BOUNDS.len());
-        totals.count = totals.count.saturating_add(1);
-        totals.seconds_sum += seconds;
-        totals.buckets[bucket] = totals.buckets[bucket].saturating_add(1);
+        let Some(count) = totals.count.checked_add(1) else {
+            return;
+        };
+        totals.count = count;
+        totals.seconds_sum = (totals.seconds_sum + seconds).min(f64::MAX);
+        totals.buckets[bucket] += 1;
         totals.conflicts = totals.conflicts.saturating_add(sample.conflicts);
     }
 
@@ -185,6 +189,18 @@ mod tests {
         assert!((add.seconds_sum - 60.0025).abs() < 1e-9);
         assert_eq!(s.operations[1].buckets[6], 1);
         assert!(s.problems().is_empty(), "{:?}", s.problems());
+    }
+
+    #[test]
+    fn totals_at_their_largest_stay_consistent() {
+        let mut s = PluginStats::default();
+        s.record(sample("add", Outcome::Ok, 0.0001, 0));
+        let t = &mut s.operations[0];
+        (t.count, t.buckets[0], t.seconds_sum) = (u64::MAX, u64::MAX, f64::MAX);
+        s.record(sample("add", Outcome::Ok, 0.004, u64::MAX));
+        s.record(sample("add", Outcome::Ok, 1e308, 0));
+        assert!(s.problems().is_empty(), "{:?}", s.problems());
+        assert_eq!(s.operations[0].count, u64::MAX);
     }
 
     #[test]

@@ -63,13 +63,15 @@ pub fn read_stats_file(path: &Path) -> Result<Option<PluginStats>, StatsFileErro
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut text)
         .map_err(io)?;
-    parse(&text).map_err(|reason| StatsFileError::Invalid {
+    parse_stats(&text).map_err(|reason| StatsFileError::Invalid {
         path: path.to_owned(),
         reason,
     })
 }
 
-fn parse(text: &[u8]) -> Result<Option<PluginStats>, String> {
+/// The totals in a stats file's `text`: `None` when it is empty, an error saying what is
+/// wrong when the plugin cannot have written it (what [`read_stats_file`] checks).
+pub fn parse_stats(text: &[u8]) -> Result<Option<PluginStats>, String> {
     if text.is_empty() {
         return Ok(None);
     }

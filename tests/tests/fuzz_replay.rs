@@ -11,11 +11,12 @@ use std::path::{Path, PathBuf};
 type Harness = fn(&[u8]) -> bool;
 
 /// Each target with the harness function its libFuzzer binary calls.
-const TARGETS: [(&str, Harness); 4] = [
+const TARGETS: [(&str, Harness); 5] = [
     ("cni_config", harness::cni_config),
     ("selector", harness::selector),
     ("block", harness::block),
     ("serve_object", harness::serve_object),
+    ("plugin_stats", harness::plugin_stats),
 ];
 
 fn fuzz_dir() -> PathBuf {
