@@ -155,7 +155,7 @@ fn serve_as<R: Resource>(body: &Value) -> bool {
 /// render, then add one operation as the plugin would. A value that passed the check must
 /// still pass it afterwards.
 pub fn plugin_stats(data: &[u8]) -> bool {
-    let Ok(Some(mut stats)) = ipam_metrics::plugin::parse_stats(data) else {
+    let Ok(Some(mut stats)) = ipam_core::stats::PluginStats::parse(data) else {
         return false;
     };
     let metrics = ipam_metrics::Metrics::new();

@@ -66,9 +66,7 @@ impl Collector {
     }
 
     /// One pass at `now` over `snapshot`, against what `cluster` holds; `leading` is asked
-    /// before every release, so a controller that lost its lease stops mid-pass. Each
-    /// release is boxed: the datastore's futures are large, and three of them side by side
-    /// in this one overflowed a worker thread's stack in a debug build.
+    /// before every release, so a controller that lost its lease stops mid-pass.
     pub async fn pass<D: Datastore>(
         &mut self,
         ipam: &Ipam<D>,
@@ -85,29 +83,21 @@ impl Collector {
             if !leading() {
                 break;
             }
-            Box::pin(release_leak(ipam, cluster, &leak, metrics, &mut report)).await;
+            release_leak(ipam, cluster, &leak, metrics, &mut report).await;
         }
         let due = self.due_tunnels(snapshot, &live, now);
         for t in due {
             if !leading() {
                 break;
             }
-            Box::pin(release_tunnel(
-                ipam,
-                cluster,
-                &t,
-                snapshot,
-                metrics,
-                &mut report,
-            ))
-            .await;
+            release_tunnel(ipam, cluster, &t, snapshot, metrics, &mut report).await;
         }
         let due = self.due_affinities(snapshot, &live, now);
         for a in due {
             if !leading() {
                 break;
             }
-            Box::pin(release_affinity(ipam, cluster, a, metrics, &mut report)).await;
+            release_affinity(ipam, cluster, a, metrics, &mut report).await;
         }
         report.watching =
             self.leaks.len() + self.dead_node_tunnels.len() + self.dead_node_affinities.len();

@@ -83,6 +83,23 @@ pub struct Sample<'a> {
 }
 
 impl PluginStats {
+    /// The totals in a stats file's `text`, as the plugin and its readers take them: `None`
+    /// when it is empty, and what is wrong when the plugin cannot have written it (larger
+    /// than [`MAX_FILE_BYTES`], not this JSON, or with [`PluginStats::problems`]).
+    pub fn parse(text: &[u8]) -> Result<Option<PluginStats>, String> {
+        if text.is_empty() {
+            return Ok(None);
+        }
+        if text.len() as u64 > MAX_FILE_BYTES {
+            return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+        }
+        let stats: PluginStats = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+        match stats.problems() {
+            p if p.is_empty() => Ok(Some(stats)),
+            p => Err(p.join("; ")),
+        }
+    }
+
     /// Adds one operation. Totals stop at their largest value instead of wrapping, so a
     /// total never goes backwards (a Prometheus counter that drops reads as a restart) and
     /// the buckets still add up to the count.
@@ -232,6 +249,21 @@ mod tests {
         ] {
             assert!(problems.contains(want), "no {want:?} in {problems}");
         }
+    }
+
+    #[test]
+    fn parse_takes_empty_and_padded_text_and_names_the_rest() {
+        assert_eq!(PluginStats::parse(b""), Ok(None));
+        let padded = br#"{"operations":[]}    "#;
+        assert_eq!(PluginStats::parse(padded), Ok(Some(PluginStats::default())));
+        let big = vec![b' '; MAX_FILE_BYTES as usize + 1];
+        assert!(
+            PluginStats::parse(&big)
+                .unwrap_err()
+                .contains("larger than")
+        );
+        let bad = br#"{"operations":[{"operation":"add","outcome":"ok","count":1,"seconds_sum":0,"buckets":[],"conflicts":0}]}"#;
+        assert!(PluginStats::parse(bad).unwrap_err().contains("buckets"));
     }
 
     #[test]

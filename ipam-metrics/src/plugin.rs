@@ -63,26 +63,10 @@ pub fn read_stats_file(path: &Path) -> Result<Option<PluginStats>, StatsFileErro
         .take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut text)
         .map_err(io)?;
-    parse_stats(&text).map_err(|reason| StatsFileError::Invalid {
+    PluginStats::parse(&text).map_err(|reason| StatsFileError::Invalid {
         path: path.to_owned(),
         reason,
     })
-}
-
-/// The totals in a stats file's `text`: `None` when it is empty, an error saying what is
-/// wrong when the plugin cannot have written it (what [`read_stats_file`] checks).
-pub fn parse_stats(text: &[u8]) -> Result<Option<PluginStats>, String> {
-    if text.is_empty() {
-        return Ok(None);
-    }
-    if text.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
-    }
-    let stats: PluginStats = serde_json::from_slice(text).map_err(|e| e.to_string())?;
-    match stats.problems() {
-        p if p.is_empty() => Ok(Some(stats)),
-        p => Err(p.join("; ")),
-    }
 }
 
 /// The collector behind the two metrics: it renders whatever totals it was last given.

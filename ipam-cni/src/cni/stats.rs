@@ -52,10 +52,13 @@ fn add(path: &Path, sample: Sample<'_>) -> Result<Kept, Box<dyn std::error::Erro
     let mut out = serde_json::to_vec(&stats)?;
     // Padded with spaces (which JSON allows after the value) to the old length rather than
     // truncated: a truncate cost a quarter of a millisecond, a tenth of an ADD.
-    if text.len() <= MAX_FILE_BYTES as usize && out.len() < text.len() {
-        out.resize(text.len(), b' ');
-    } else if out.len() < text.len() {
-        file.set_len(out.len() as u64)?;
+    if out.len() < text.len() {
+        if text.len() as u64 > MAX_FILE_BYTES {
+            // Not the plugin's file: it is replaced, not kept at its size.
+            file.set_len(out.len() as u64)?;
+        } else {
+            out.resize(text.len(), b' ');
+        }
     }
     file.write_all_at(&out, 0)?;
     Ok(kept)
@@ -63,20 +66,9 @@ fn add(path: &Path, sample: Sample<'_>) -> Result<Kept, Box<dyn std::error::Erro
 
 /// The totals in `text`, or none (and why) when the plugin cannot have written it.
 fn parse(text: &[u8]) -> (PluginStats, Kept) {
-    if text.is_empty() {
-        return (PluginStats::default(), Kept::Added);
-    }
-    if text.len() as u64 > MAX_FILE_BYTES {
-        let why = format!("larger than {MAX_FILE_BYTES} bytes");
-        return (PluginStats::default(), Kept::Restarted(why));
-    }
-    match serde_json::from_slice::<PluginStats>(text) {
-        Ok(stats) if stats.problems().is_empty() => (stats, Kept::Added),
-        Ok(stats) => (
-            PluginStats::default(),
-            Kept::Restarted(stats.problems().join("; ")),
-        ),
-        Err(e) => (PluginStats::default(), Kept::Restarted(e.to_string())),
+    match PluginStats::parse(text) {
+        Ok(stats) => (stats.unwrap_or_default(), Kept::Added),
+        Err(why) => (PluginStats::default(), Kept::Restarted(why)),
     }
 }
 
