@@ -137,7 +137,12 @@ impl IpamPlugin {
             config: &config,
             node,
             log: &log,
-            lock_path: Some(spec.node_file(".lock")),
+            lock_path: Some(
+                config
+                    .ipam_lock_file
+                    .clone()
+                    .unwrap_or_else(|| spec.node_file(".lock")),
+            ),
             create_pools: spec.local_path().is_some(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()

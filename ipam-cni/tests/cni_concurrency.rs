@@ -82,3 +82,50 @@ fn a_burst_of_adds_gets_distinct_addresses_and_dels_empty_the_store() {
     );
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// `ipam_lock_file` (Calico's key) moves the host lock: the plugin makes its directory, and
+/// an ADD waits while another holder has the lock.
+#[test]
+fn the_named_lock_file_is_the_host_lock() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::time::{Duration, Instant};
+
+    let net = Net::new("locked");
+    let lock = net.dir.path().join("calico/ipam.lock");
+    let mut conf = net.conf("1.0.0", json!({"ipv4_pools": ["10.99.0.0/24"]}));
+    conf["ipam_lock_file"] = json!(lock);
+    assert!(net.run("ADD", "first", &conf).ok()["ips"].is_array());
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&lock), 0o600);
+    assert_eq!(mode(lock.parent().unwrap()), 0o700);
+
+    let held = std::fs::File::open(&lock).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    let mut child = Command::new(PLUGIN)
+        .env_clear()
+        .envs(container_env("ADD", "second", "eth0"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    // A first ADD here took well under a second; with the lock held it must not finish.
+    let waited = Instant::now();
+    while waited.elapsed() < Duration::from_secs(1) {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the ADD finished while the lock was held"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(held);
+    let results = wait_all(vec![child]);
+    assert!(results[0]["ips"].is_array(), "{results:?}");
+    assert_eq!(net.dump().allocated(), 2);
+}

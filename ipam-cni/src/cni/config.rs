@@ -16,6 +16,7 @@
 //! | `etcd_endpoints` | top | comma-separated etcd URLs for `etcdv3` |
 //! | `kubernetes.kubeconfig` | top | kubeconfig for `kubernetes` |
 //! | `nodename`, `nodename_file`, `nodename_file_optional` | top | the node name (see [`super::node`]) |
+//! | `ipam_lock_file` | top | the host lock's file (see [`super::lock`]); absolute path |
 //! | `log_level`, `log_file_path` | top | logging (stderr by default; never stdout) |
 //!
 //! A pool named by CIDR that does not exist on the embedded store is created on first use
@@ -67,6 +68,8 @@ pub struct PluginConfig {
     pub nodename_file: Option<PathBuf>,
     /// Whether a missing `nodename_file` is acceptable.
     pub nodename_file_optional: bool,
+    /// The host lock's file, if the config names one (else one beside the store).
+    pub ipam_lock_file: Option<PathBuf>,
     /// The allocation's time budget.
     pub timeout: Duration,
     /// The lowest level logged.
@@ -119,6 +122,8 @@ struct TopLevel {
     nodename_file: Option<PathBuf>,
     #[serde(default)]
     nodename_file_optional: bool,
+    #[serde(default)]
+    ipam_lock_file: Option<PathBuf>,
     #[serde(default)]
     log_level: Option<String>,
     #[serde(default)]
@@ -184,6 +189,7 @@ impl PluginConfig {
             nodename: top.nodename.filter(|n| !n.is_empty()),
             nodename_file: top.nodename_file,
             nodename_file_optional: top.nodename_file_optional,
+            ipam_lock_file: lock_file(top.ipam_lock_file)?,
             timeout,
             log_level: super::log::Level::parse(top.log_level.as_deref())?,
             log_file: top.log_file_path,
@@ -214,6 +220,18 @@ fn decode<T: serde::de::DeserializeOwned>(
         map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     serde_json::from_value(Value::Object(object))
         .map_err(|source| CniError::Decode { what, source })
+}
+
+/// The lock file must be absolute: a runtime starts the plugin in a directory of its choosing.
+fn lock_file(path: Option<PathBuf>) -> Result<Option<PathBuf>, CniError> {
+    match path {
+        Some(p) if p.as_os_str().is_empty() => Ok(None),
+        Some(p) if !p.is_absolute() => Err(CniError::config(format!(
+            "ipam_lock_file {} is not an absolute path",
+            p.display()
+        ))),
+        other => Ok(other),
+    }
 }
 
 /// Calico accepts `true`, `"true"`, `false` and `"false"`.
@@ -304,6 +322,7 @@ mod tests {
         let c = parse(
             r#"{"cniVersion":"1.0.0","name":"k8s-pod-network","type":"calico",
             "datastore_type":"sqlite","nodename":"n1","log_level":"debug",
+            "ipam_lock_file":"/var/run/calico/ipam.lock",
             "ipam":{"type":"calico-ipam","assign_ipv4":"true","assign_ipv6":"true",
             "ipv4_pools":["default-ipv4-ippool","10.99.0.0/24"],"ipv6_pools":["fd00:99::/120"],
             "datastore_path":"/tmp/x.db","timeout_seconds":5}}"#,
@@ -325,6 +344,10 @@ mod tests {
         assert_eq!(c.datastore, Some(DatastoreSpec::Sqlite("/tmp/x.db".into())));
         assert_eq!(c.nodename.as_deref(), Some("n1"));
         assert_eq!(c.timeout, Duration::from_secs(5));
+        assert_eq!(
+            c.ipam_lock_file.as_deref(),
+            Some(std::path::Path::new("/var/run/calico/ipam.lock"))
+        );
     }
 
     #[test]
@@ -356,6 +379,12 @@ mod tests {
             let err = parse(&json).unwrap_err();
             assert_eq!(code(&err), want, "{ipam}: {err}");
         }
+        let relative_lock = parse(
+            r#"{"cniVersion":"1.0.0","name":"n","type":"bridge","ipam_lock_file":"ipam.lock",
+            "ipam":{"type":"ipam-cni"}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(code(&relative_lock), 7, "{relative_lock}");
         let no_ipam = parse(r#"{"cniVersion":"1.0.0","name":"n","type":"bridge"}"#).unwrap_err();
         assert_eq!(code(&no_ipam), 7);
     }

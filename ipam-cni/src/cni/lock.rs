@@ -6,6 +6,7 @@
 //! the allocation goes ahead without it.
 
 use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,8 +83,19 @@ impl HostLock {
 
 /// Opens (creating it 0600, past the umask) the lock file without following a symlink, and
 /// refuses one owned by someone else: whoever can open the file can hold the lock and stall
-/// every ADD on the host for [`LOCK_WAIT`], so only its owner may.
+/// every ADD on the host for [`LOCK_WAIT`], so only its owner may. A missing directory is
+/// made (0700), as calico-ipam makes the one of its `ipam_lock_file`.
 fn open(path: &Path) -> Result<File, ipam_sqlite::files::OpenError> {
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(ipam_sqlite::files::OpenError::Io)?;
+    }
     ipam_sqlite::files::open_owned(path, true, 0o600)?
         // The invariant: with `create` set, `open_owned` returns a file or an error.
         .ok_or_else(|| ipam_sqlite::files::OpenError::Io(std::io::ErrorKind::NotFound.into()))
@@ -130,13 +142,30 @@ mod tests {
 
     #[test]
     fn an_unopenable_lock_file_degrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
         let log = Logger::new(super::super::log::Level::Off, None);
         let lock = rt().block_on(HostLock::acquire(
-            Some(Path::new("/nonexistent-dir/x/ipam.db.lock")),
+            Some(&file.join("x/ipam.db.lock")),
             LOCK_WAIT,
             &log,
         ));
         assert!(!lock.is_held());
+    }
+
+    #[test]
+    fn a_missing_directory_is_made_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calico/ipam.lock");
+        let log = Logger::new(super::super::log::Level::Off, None);
+        let lock = rt().block_on(HostLock::acquire(Some(&path), LOCK_WAIT, &log));
+        assert!(lock.is_held());
+        let mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]
