@@ -5,6 +5,7 @@
 //! SQLite store blocks inside its calls, so an executor would only add its own overhead.
 
 pub mod concurrent;
+pub mod plugin;
 pub mod sqlite;
 
 use std::fmt;

@@ -7,6 +7,7 @@
 //! TLS and require client certificates ([`ClientTls`]); health is read from a plain-HTTP
 //! metrics listener either way.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,56 @@ pub struct ClientTls {
     pub key: PathBuf,
     /// The CA that client certificates must chain to (PEM).
     pub client_ca: PathBuf,
+}
+
+/// Requests an etcd answered, from its metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    /// gRPC calls by method (`Range`, `Txn`, `Put`, ...), all codes
+    /// (`grpc_server_handled_total`).
+    pub calls: BTreeMap<String, u64>,
+    /// Raft proposals committed (`etcd_server_proposals_committed_total`): one per write,
+    /// none for a read, whether a range or a read-only transaction.
+    pub proposals: u64,
+}
+
+impl RequestCounts {
+    /// Reads the counts out of a Prometheus text exposition.
+    pub fn parse(text: &str) -> RequestCounts {
+        let mut counts = RequestCounts::default();
+        for line in text.lines() {
+            let value = line.rsplit(' ').next().and_then(|c| c.parse::<f64>().ok());
+            let Some(value) = value else { continue };
+            if line.starts_with("etcd_server_proposals_committed_total ") {
+                counts.proposals = value as u64;
+            }
+            let Some(rest) = line.strip_prefix("grpc_server_handled_total{") else {
+                continue;
+            };
+            let method = rest
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|m| m.split('"').next());
+            if let Some(method) = method {
+                *counts.calls.entry(method.to_owned()).or_insert(0) += value as u64;
+            }
+        }
+        counts
+    }
+
+    /// Key-value reads and writes since `before`: writes are the proposals committed, reads
+    /// the key-value calls that committed none.
+    pub fn reads_and_writes_since(&self, before: &RequestCounts) -> (u64, u64) {
+        let kv = |c: &RequestCounts| -> u64 {
+            ["Range", "Txn", "Put", "DeleteRange"]
+                .iter()
+                .map(|m| c.calls.get(*m).copied().unwrap_or(0))
+                .sum()
+        };
+        let writes = self.proposals.saturating_sub(before.proposals);
+        let calls = kv(self).saturating_sub(kv(before));
+        (calls.saturating_sub(writes), writes)
+    }
 }
 
 /// A running (or killed, awaiting restart) local etcd.
@@ -180,6 +231,13 @@ impl LocalEtcd {
         Ok(())
     }
 
+    /// The server's own counts of the requests it answered and the writes it committed, read
+    /// from its metrics listener.
+    pub fn request_counts(&self) -> std::io::Result<RequestCounts> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.ports.metrics));
+        Ok(RequestCounts::parse(&http_get(addr, "/metrics")?))
+    }
+
     /// The last lines of etcd's log, for error messages.
     pub fn log_tail(&self) -> String {
         log_tail(self.dir.path())
@@ -279,17 +337,18 @@ fn log_tail(dir: &Path) -> String {
 
 /// Whether etcd at `addr` answers `GET /health` with `"health":"true"`.
 fn health(addr: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    let req = "GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-    if s.write_all(req.as_bytes()).is_err() {
-        return false;
-    }
+    http_get(addr, "/health").is_ok_and(|body| body.contains("\"health\":\"true\""))
+}
+
+/// The response (head and body) to a plain `GET path` at `addr`, read to its end.
+fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes())?;
     let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.contains("\"health\":\"true\"")
+    s.read_to_string(&mut body)?;
+    Ok(body)
 }
 
 /// Three distinct free loopback ports, found by binding port 0 and letting go.
@@ -302,4 +361,27 @@ fn free_ports() -> std::io::Result<Ports> {
         peer: b.local_addr()?.port(),
         metrics: c.local_addr()?.port(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RequestCounts;
+
+    #[test]
+    fn counts_calls_by_method_and_writes_by_proposal() {
+        let at = |range: u64, txn: u64, proposals: u64| {
+            RequestCounts::parse(&format!(
+                "# HELP grpc_server_handled_total x\n\
+                 grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Range\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}} {range}\n\
+                 grpc_server_handled_total{{grpc_code=\"OK\",grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}} {txn}\n\
+                 grpc_server_handled_total{{grpc_code=\"Unavailable\",grpc_method=\"Txn\",grpc_service=\"etcdserverpb.KV\",grpc_type=\"unary\"}} 1\n\
+                 etcd_server_proposals_committed_total {proposals}\n"
+            ))
+        };
+        let before = at(3, 4, 10);
+        assert_eq!(before.calls.get("Txn"), Some(&5));
+        assert_eq!(before.proposals, 10);
+        // 2 ranges and 6 transactions, 4 of which wrote: 4 reads, 4 writes.
+        assert_eq!(at(5, 10, 14).reads_and_writes_since(&before), (4, 4));
+    }
 }

@@ -11,9 +11,6 @@
 //! target/release/kube-bench [--quick]` (`--quick` runs a fifth of the work).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ipam_benches::concurrent::{BoxError, Figures, ms, steady_observed, storm};
@@ -75,11 +72,7 @@ async fn run(quick: bool) -> Result<(), BoxError> {
 /// The two plugins doing `n` ADDs then `n` DELs each on a node of their own, the first ADD
 /// claiming the node's block.
 async fn plugins(server: &KubeApiServer, n: usize) -> Result<(), BoxError> {
-    let ours = std::env::current_exe()?.with_file_name("ipam-cni");
-    if !ours.is_file() {
-        let hint = "cargo build --release -p ipam-cni --bins";
-        return Err(format!("no {}: {hint}", ours.display()).into());
-    }
+    let ours = ipam_benches::plugin::ours()?;
     let calico = peer_binary("CALICO_IPAM_BIN", "calico-ipam");
     let pid = std::process::id();
     let nodes = std::env::temp_dir().join(format!("kube-bench-{pid}-nodes.json"));
@@ -121,7 +114,7 @@ async fn plugins(server: &KubeApiServer, n: usize) -> Result<(), BoxError> {
             let mut lat = Vec::with_capacity(n);
             for i in calls {
                 let t = Instant::now();
-                run_plugin(bin, verb, &format!("{node}-{i}"), &conf)?;
+                ipam_benches::plugin::call(bin, verb, &format!("{node}-{i}"), &conf)?;
                 lat.push(t.elapsed());
             }
             let after = server.ipam_request_counts().await;
@@ -129,33 +122,6 @@ async fn plugins(server: &KubeApiServer, n: usize) -> Result<(), BoxError> {
         }
     }
     Ok(())
-}
-
-/// One plugin call as a runtime makes it; an error unless it succeeded.
-fn run_plugin(bin: &Path, verb: &str, id: &str, conf: &serde_json::Value) -> Result<(), BoxError> {
-    let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={id}");
-    let mut child = Command::new(bin)
-        .env_clear()
-        .env("CNI_COMMAND", verb)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", format!("/var/run/netns/{id}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env("CNI_ARGS", args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(conf.to_string().as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        let said = String::from_utf8_lossy(&out.stdout);
-        Err(format!("{} {verb} {id}: {said}", bin.display()).into())
-    }
 }
 
 fn plugin_row(name: &str, verb: &str, lat: &[Duration], (reads, writes): (u64, u64)) {
