@@ -106,6 +106,10 @@ impl<D: Datastore, H: Hooks> Datastore for Hooked<D, H> {
         self.inner.commits_releases()
     }
 
+    fn max_commit_writes(&self) -> usize {
+        self.inner.max_commit_writes()
+    }
+
     async fn handle_snapshot(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
         self.inner.handle_snapshot(handle).await
     }

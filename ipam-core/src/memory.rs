@@ -8,10 +8,10 @@ use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::model::{IpamBlock, IpamConfig};
+use crate::model::{IpamBlock, IpamConfig, IpamHandle};
 use crate::store::{
-    BatchWrite, Datastore, Kind, NodeSnapshot, Op, OpCounter, OpCounts, Resource, Revision, Scope,
-    StoreError, Stored, Write,
+    BatchWrite, Datastore, HandleSnapshot, Kind, NodeSnapshot, Op, OpCounter, OpCounts, Resource,
+    Revision, Scope, StoreError, Stored, Write, block_names,
 };
 
 /// An in-memory [`Datastore`].
@@ -97,6 +97,22 @@ impl MemoryStore {
             affinities: inner.list(Scope::Node(node)),
             blocks: inner.list_where(Scope::Node(node), IpamBlock::has_room),
         }
+    }
+
+    fn handle_snapshot_now(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
+        self.counter.count(Op::Get);
+        let inner = self.lock();
+        let handle: Option<Stored<IpamHandle>> = inner.get(handle);
+        let names = handle.as_ref().map(block_names).transpose()?;
+        Ok(HandleSnapshot {
+            config: inner.get(IpamConfig::NAME),
+            blocks: names
+                .iter()
+                .flatten()
+                .filter_map(|n| inner.get(n))
+                .collect(),
+            handle,
+        })
     }
 
     fn commit_now(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
@@ -312,6 +328,11 @@ impl Datastore for MemoryStore {
 
     async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {
         Ok(self.snapshot_now(node))
+    }
+
+    /// One read under the one lock, as SQLite's read transaction.
+    async fn handle_snapshot(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
+        self.handle_snapshot_now(handle)
     }
 
     fn supports_commit(&self) -> bool {

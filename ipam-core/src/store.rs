@@ -211,6 +211,16 @@ pub enum Write<R> {
     },
 }
 
+impl BatchWrite {
+    /// The object the write names.
+    pub fn name(&self) -> &str {
+        match self {
+            BatchWrite::Handle(w) => w.name(),
+            BatchWrite::Block(w) => w.name(),
+        }
+    }
+}
+
 impl<R> Write<R> {
     /// The object the write names.
     pub fn name(&self) -> &str {
@@ -339,6 +349,13 @@ pub trait Datastore: Send + Sync {
     /// handle write and one block update) say `false`, and a release writes object by object.
     fn commits_releases(&self) -> bool {
         self.supports_commit()
+    }
+
+    /// The most writes one [`Datastore::commit`] batch may hold (a store's transactions are
+    /// bounded: etcd's `--max-txn-ops`); a release of a handle spread over more blocks
+    /// writes object by object.
+    fn max_commit_writes(&self) -> usize {
+        usize::MAX
     }
 
     /// The config, the handle and the blocks it names: everything a release by handle reads.

@@ -6,7 +6,7 @@
 
 use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
 use ipam_core::store::Op;
-use ipam_core::{IpamBlock, IpamHandle, Revision, StoreError, Stored};
+use ipam_core::{BatchWrite, IpamBlock, IpamHandle, Revision, StoreError, Stored, Write};
 
 use crate::client::{EtcdStore, committed, get_op, range_at};
 use crate::keys::revision_number;
@@ -94,6 +94,66 @@ impl EtcdStore {
             Finding::Refused(e) => Err(e),
             Finding::Moved(_) => Err(StoreError::conflict::<IpamBlock>(&block.name)),
         }
+    }
+
+    /// The assignment batch of [`ipam_core::Datastore::commit`]: a handle (create or update)
+    /// and the block it counts, in one transaction. Other shapes are refused as `Invalid`.
+    pub(crate) async fn commit_assignment(
+        &self,
+        writes: Vec<BatchWrite>,
+    ) -> Result<Vec<Option<Revision>>, StoreError> {
+        let mut writes = writes.into_iter();
+        let (Some(BatchWrite::Handle(h)), Some(BatchWrite::Block(b)), None) =
+            (writes.next(), writes.next(), writes.next())
+        else {
+            return Err(StoreError::Invalid {
+                kind: ipam_core::Kind::IpamHandle,
+                name: String::new(),
+                reason: "etcd commits a handle write followed by a block update".into(),
+            });
+        };
+        let handle = match h {
+            Write::Create { name, value } => HandleWrite {
+                name,
+                value,
+                revision: None,
+            },
+            Write::Update {
+                name,
+                value,
+                revision,
+            } => HandleWrite {
+                name,
+                value,
+                revision: Some(revision),
+            },
+            Write::Delete { name, .. } => {
+                return Err(StoreError::Invalid {
+                    kind: ipam_core::Kind::IpamHandle,
+                    name,
+                    reason: "etcd commits do not delete handles".into(),
+                });
+            }
+        };
+        let Write::Update {
+            name,
+            value,
+            revision,
+        } = b
+        else {
+            return Err(StoreError::Invalid {
+                kind: ipam_core::Kind::IpamBlock,
+                name: b.name().to_owned(),
+                reason: "etcd commits update an existing block".into(),
+            });
+        };
+        let block = Stored {
+            name,
+            revision,
+            value,
+        };
+        let rev = self.write_assignment(handle, block).await?;
+        Ok(vec![Some(rev.clone()), Some(rev)])
     }
 }
 

@@ -26,7 +26,11 @@
 //! trips, only when claiming or releasing). [`EtcdStore::node_snapshot`](ipam_core::Datastore::node_snapshot)
 //! reads the config, pools, reservations and the node's affinities and blocks in one
 //! transaction. [`EtcdStore::write_assignment`] writes a block and its handle in one
-//! transaction, so the steady-state allocation is one read and one write.
+//! transaction, so the steady-state allocation is one read and one write. A release by
+//! handle reads the config and handle in one transaction and its blocks in a second, and
+//! writes every block and the handle's delete in one (two reads, one write); a handle spread
+//! over more than [`MAX_RELEASE_WRITES`] blocks is released object by object, since etcd
+//! bounds a transaction's operations (`--max-txn-ops`, 128 by default).
 //!
 //! Every round trip is bounded by the configured request timeout; an unreachable or silent
 //! etcd fails as [`StoreError::Unavailable`](ipam_core::StoreError::Unavailable).
@@ -40,6 +44,7 @@ mod client;
 mod config;
 mod error;
 mod keys;
+mod release;
 mod store;
 
 pub use assignment::HandleWrite;
@@ -47,3 +52,4 @@ pub use client::{EtcdStore, TimedOut};
 pub use config::EtcdConfig;
 pub use error::{Error, Result};
 pub use keys::DEFAULT_PREFIX;
+pub use release::MAX_RELEASE_WRITES;

@@ -9,11 +9,10 @@
 use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse};
 use ipam_core::store::Op;
 use ipam_core::{
-    BatchWrite, BlockAffinity, Datastore, IpPool, IpReservation, IpamBlock, IpamConfig,
-    NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
+    BatchWrite, BlockAffinity, Datastore, HandleSnapshot, IpPool, IpReservation, IpamBlock,
+    IpamConfig, NodeSnapshot, OpCounts, Resource, Revision, Scope, StoreError, Stored, Write,
 };
 
-use crate::assignment::HandleWrite;
 use crate::client::{
     EtcdStore, committed, decode, decode_range, encode, get_op, range_at, range_op,
 };
@@ -335,66 +334,47 @@ impl Datastore for EtcdStore {
         true
     }
 
-    /// Not yet: a block deleted by a release also loses its placement key, which the batch
-    /// below does not plan.
-    fn commits_releases(&self) -> bool {
-        false
+    async fn handle_snapshot(&self, handle: &str) -> Result<HandleSnapshot, StoreError> {
+        self.handle_snapshot_now(handle).await
     }
 
-    /// Supports the batch the allocator writes: a handle (create or update) and the block it
-    /// counts, in one transaction. Other shapes are refused as `Invalid`.
+    fn max_commit_writes(&self) -> usize {
+        crate::release::MAX_RELEASE_WRITES
+    }
+
+    /// Takes the two batches the allocator writes: an assignment (a handle create or update,
+    /// then the block it counts) and a release (block updates and deletes, then the handle's
+    /// delete). Other shapes are refused as `Invalid`.
     async fn commit(&self, writes: Vec<BatchWrite>) -> Result<Vec<Option<Revision>>, StoreError> {
-        let mut writes = writes.into_iter();
-        let (Some(BatchWrite::Handle(h)), Some(BatchWrite::Block(b)), None) =
-            (writes.next(), writes.next(), writes.next())
-        else {
+        if matches!(writes.first(), Some(BatchWrite::Handle(_))) {
+            return self.commit_assignment(writes).await;
+        }
+        let mut blocks = Vec::with_capacity(writes.len());
+        let mut handle = None;
+        for write in writes {
+            match (write, &handle) {
+                (BatchWrite::Block(b), None) => blocks.push(b),
+                (BatchWrite::Handle(Write::Delete { name, revision }), None) => {
+                    handle = Some((name, revision));
+                }
+                (other, _) => {
+                    return Err(StoreError::Invalid {
+                        kind: ipam_core::Kind::IpamHandle,
+                        name: other.name().to_owned(),
+                        reason: "etcd commits block writes followed by the handle's delete, \
+                                 or a handle write followed by a block update"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let Some((name, revision)) = handle else {
             return Err(StoreError::Invalid {
                 kind: ipam_core::Kind::IpamHandle,
                 name: String::new(),
-                reason: "etcd commits a handle write followed by a block update".into(),
+                reason: "a release commit ends with the handle's delete".into(),
             });
         };
-        let handle = match h {
-            Write::Create { name, value } => HandleWrite {
-                name,
-                value,
-                revision: None,
-            },
-            Write::Update {
-                name,
-                value,
-                revision,
-            } => HandleWrite {
-                name,
-                value,
-                revision: Some(revision),
-            },
-            Write::Delete { name, .. } => {
-                return Err(StoreError::Invalid {
-                    kind: ipam_core::Kind::IpamHandle,
-                    name,
-                    reason: "etcd commits do not delete handles".into(),
-                });
-            }
-        };
-        let Write::Update {
-            name,
-            value,
-            revision,
-        } = b
-        else {
-            return Err(StoreError::Invalid {
-                kind: ipam_core::Kind::IpamBlock,
-                name: b.name().to_owned(),
-                reason: "etcd commits update an existing block".into(),
-            });
-        };
-        let block = Stored {
-            name,
-            revision,
-            value,
-        };
-        let rev = self.write_assignment(handle, block).await?;
-        Ok(vec![Some(rev.clone()), Some(rev)])
+        self.write_release(blocks, name, revision).await
     }
 }

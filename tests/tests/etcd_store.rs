@@ -307,3 +307,67 @@ async fn allocation_round_trips_through_ipam() {
     // The node snapshot is one read; the handle and the block are one transaction.
     assert_eq!((cost.reads(), cost.writes()), (1, 1), "{cost:?}");
 }
+
+/// A release by handle reads the config and the handle in one transaction and its blocks in
+/// another, then writes every block and the handle's delete in one.
+#[tokio::test]
+async fn release_by_handle_is_two_reads_and_one_write() {
+    let (store, _server) = etcd::fresh().await;
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
+    ipam.create_pool("p", IpPool::new("10.1.0.0/16".parse().unwrap()))
+        .await
+        .unwrap();
+    let handle = HandleId::new("net.c0").unwrap();
+    let add = AutoAssignArgs::new(NodeName::new("n1").unwrap(), 1, 0).with_handle(handle.clone());
+    let got = ipam.auto_assign(&add).await.unwrap();
+    let before = ipam.store().op_counts();
+    assert_eq!(ipam.release_by_handle(&handle).await.unwrap(), got.ipv4);
+    let cost = ipam.store().op_counts().since(&before);
+    assert_eq!((cost.reads(), cost.writes()), (2, 1), "{cost:?}");
+    assert!(ipam.ips_by_handle(&handle).await.is_err());
+    let addr = got.ipv4[0].addr();
+    assert!(
+        ipam.get_assignment_attributes(addr)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A handle counting addresses in more blocks than one etcd transaction takes (70 blocks:
+/// 141 compares, over etcd's default `--max-txn-ops` of 128) is released object by object,
+/// completely.
+#[tokio::test]
+async fn a_release_wider_than_one_transaction_goes_object_by_object() {
+    let (store, _server) = etcd::fresh().await;
+    let ipam = Ipam::new(store, ipam_core::SystemClock);
+    let mut pool = IpPool::new("10.1.0.0/24".parse().unwrap());
+    pool.block_size = 32;
+    ipam.create_pool("p", pool).await.unwrap();
+    let handle = HandleId::new("net.wide").unwrap();
+    let n = 70;
+    assert!(n + 1 > ipam.store().max_commit_writes());
+    let count = u32::try_from(n).unwrap();
+    let mut add =
+        AutoAssignArgs::new(NodeName::new("n1").unwrap(), count, 0).with_handle(handle.clone());
+    // One address per block: the request needs more blocks than the default limit of 20.
+    add.max_blocks_per_host = Some(count);
+    let got = ipam.auto_assign(&add).await.unwrap();
+    assert_eq!(got.ipv4.len(), n);
+    let mut released = ipam.release_by_handle(&handle).await.unwrap();
+    released.sort();
+    let mut want = got.ipv4.clone();
+    want.sort();
+    assert_eq!(released, want);
+    assert!(ipam.ips_by_handle(&handle).await.is_err());
+    let snapshot = ipam_core::check::Snapshot::read(ipam.store())
+        .await
+        .unwrap();
+    let report = ipam_core::check::check(
+        &snapshot,
+        &ipam_core::check::Live::default(),
+        time::OffsetDateTime::now_utc(),
+    );
+    assert_eq!(report.totals.allocations, 0, "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
+}

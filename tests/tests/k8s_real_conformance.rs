@@ -73,6 +73,7 @@ async fn conformance_suite_on_a_real_api_server() {
         large_blocks_round_trip,
         node_snapshot_matches_reads,
         commit_is_all_or_nothing,
+        release_commit_is_all_or_nothing,
     );
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
 }

@@ -95,7 +95,9 @@ impl<D: Datastore> Ipam<D> {
     /// Releases every address of `handle` and deletes the handle.
     pub async fn release_by_handle(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
         if self.store.commits_releases() {
-            return self.release_by_handle_committed(handle).await;
+            if let Some(released) = self.release_by_handle_committed(handle).await? {
+                return Ok(released);
+            }
         }
         let cooldown = self.get_config().await?.ip_cooldown_seconds;
         let mut released = Vec::new();
@@ -133,8 +135,9 @@ impl<D: Datastore> Ipam<D> {
 
     /// [`Ipam::release_by_handle`] on a store with transactions: one read (the handle
     /// snapshot) and one commit (every block the handle names and the handle's delete), so
-    /// a lost race leaves nothing half done and the retry starts from scratch.
-    async fn release_by_handle_committed(&self, handle: &HandleId) -> Result<Vec<IpNet>> {
+    /// a lost race leaves nothing half done and the retry starts from scratch. `None` when
+    /// the handle names more blocks than one commit takes.
+    async fn release_by_handle_committed(&self, handle: &HandleId) -> Result<Option<Vec<IpNet>>> {
         self.retry_with("releasing a handle", true, |first| async move {
             let result = self.release_handle_batch(handle, first).await;
             (false, result)
@@ -144,7 +147,11 @@ impl<D: Datastore> Ipam<D> {
 
     /// One attempt of [`Ipam::release_by_handle_committed`]. A handle gone on a later attempt
     /// was released by someone else in between: nothing is left to do.
-    async fn release_handle_batch(&self, handle: &HandleId, first: bool) -> Result<Vec<IpNet>> {
+    async fn release_handle_batch(
+        &self,
+        handle: &HandleId,
+        first: bool,
+    ) -> Result<Option<Vec<IpNet>>> {
         let snap = self.store.handle_snapshot(handle.as_str()).await?;
         let Some(h) = snap.handle else {
             return if first {
@@ -152,9 +159,12 @@ impl<D: Datastore> Ipam<D> {
                     handle: handle.to_string(),
                 })
             } else {
-                Ok(Vec::new())
+                Ok(Some(Vec::new()))
             };
         };
+        if snap.blocks.len() + 1 > self.store.max_commit_writes() {
+            return Ok(None);
+        }
         let cooldown = snap
             .config
             .map(|c| c.value)
@@ -198,7 +208,7 @@ impl<D: Datastore> Ipam<D> {
             revision: h.revision,
         }));
         match self.store.commit(batch).await {
-            Ok(_) => Ok(released),
+            Ok(_) => Ok(Some(released)),
             Err(e) if e.is_lost_race() => Err(e.into_conflict().into()),
             Err(e) => Err(e.into()),
         }
