@@ -340,11 +340,12 @@ fn health(addr: SocketAddr) -> bool {
     http_get(addr, "/health").is_ok_and(|body| body.contains("\"health\":\"true\""))
 }
 
-/// The response (head and body) to a plain `GET path` at `addr`, read to its end.
+/// The response (head and body) to a plain `GET path` at `addr`, read to its end. Asked as
+/// HTTP/1.0 so that the body is never chunked: a chunk header can split a metrics line.
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
     s.write_all(req.as_bytes())?;
     let mut body = String::new();
     s.read_to_string(&mut body)?;
