@@ -1,7 +1,7 @@
 //! Assignment: `auto_assign` (addresses from the node's blocks, new blocks, or borrowed)
 //! and `assign_ip` (one named address).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -9,8 +9,7 @@ use ipnet::IpNet;
 use crate::cidr::BlockCidr;
 use crate::error::{Error, Result};
 use crate::model::{
-    AffinityState, AllocationAttribute, BlockAffinity, IntendedUse, IpPool, IpamBlock, IpamConfig,
-    IpamHandle,
+    AffinityState, AllocationAttribute, IntendedUse, IpPool, IpamBlock, IpamConfig, IpamHandle,
 };
 use crate::names::{HandleId, NodeName, fnv1a64};
 use crate::selector::Selector;
@@ -19,6 +18,8 @@ use crate::store::{
 };
 
 use super::{Family, Ipam, Labels, Reservations};
+
+mod family;
 
 /// What `auto_assign` is asked for.
 #[derive(Clone, Debug)]
@@ -247,147 +248,6 @@ impl<D: Datastore> Ipam<D> {
         )
         .await?;
         Ok(cidr.addr_net(ordinal))
-    }
-
-    async fn assign_family(
-        &self,
-        snapshot: &mut NodeSnapshot,
-        req: &mut Request<'_>,
-        family: Family,
-        num: u32,
-        requested: &[String],
-        out: &mut Assigned,
-    ) -> Result<()> {
-        let node = &req.args.node;
-        let pools = candidate_pools(&snapshot.pools, family, requested, req.args)?;
-        let in_pools = |c: &IpNet| pools.iter().any(|p| p.value.cidr.contains(c));
-        self.release_unselected_blocks(snapshot, req.args, family, &pools)
-            .await;
-        let mut got: Vec<IpNet> = Vec::new();
-        // The node's blocks are counted, and kept out of the claim walk, by its affinities:
-        // a snapshot may leave out full blocks, whose affinities it always carries.
-        let live: Vec<&Stored<BlockAffinity>> = snapshot
-            .affinities
-            .iter()
-            .filter(|a| Family::of(&a.value.cidr) == family)
-            .filter(|a| a.value.state != AffinityState::PendingDeletion)
-            .collect();
-        // As Calico counts them: only the blocks of the pools this request may use.
-        let mut owned = live.iter().filter(|a| in_pools(&a.value.cidr)).count() as u32;
-        let mut held: HashSet<IpNet> = snapshot.blocks.iter().map(|b| b.value.cidr).collect();
-        // Only confirmed claims are kept out of the walk: a pending one may have no block yet
-        // (a crash before step 2), and claiming it again is how it gets finished.
-        held.extend(
-            live.iter()
-                .filter(|a| a.value.state == AffinityState::Confirmed)
-                .map(|a| a.value.cidr),
-        );
-        // The family's blocks with room are moved out of the snapshot, not cloned: the copy
-        // of a block is most of the cost of an assignment. Pending ones are claims to finish.
-        let (mut mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut snapshot.blocks)
-            .into_iter()
-            .partition(|b| Family::of(&b.value.cidr) == family);
-        snapshot.blocks = others;
-        // Confirmed claims whose block the snapshot does not show: full, gone, or taken over.
-        let seen: HashSet<IpNet> = mine.iter().map(|b| b.value.cidr).collect();
-        let unseen: Vec<IpNet> = live
-            .iter()
-            .filter(|a| a.value.state == AffinityState::Confirmed)
-            .map(|a| a.value.cidr)
-            .filter(|c| in_pools(c) && !seen.contains(c))
-            .collect();
-        mine.sort_by_key(|b| {
-            (
-                crate::cidr::ip_to_u128(b.value.cidr.network()),
-                b.value.cidr.prefix_len(),
-            )
-        });
-        for block in mine {
-            let Some(state) = affinity_state(snapshot, node, &block.value.cidr) else {
-                continue;
-            };
-            if got.len() as u32 == num || !in_pools(&block.value.cidr) {
-                continue;
-            }
-            if state == AffinityState::Pending {
-                let Ok(cidr) = block.value.block_cidr() else {
-                    continue;
-                };
-                // Finishing our own pending claim; a node that took the block first keeps
-                // it, and anything else (an unreachable store) is this request's failure.
-                match self.claim_block(node, cidr).await {
-                    Ok(_) => {}
-                    Err(Error::BlockOwned { .. }) => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            got.extend(
-                self.assign_from_block(block, req, num - got.len() as u32, Some(node))
-                    .await?,
-            );
-        }
-        if (got.len() as u32) < num && req.config.auto_allocate_blocks {
-            for cidr in unseen {
-                if got.len() as u32 == num {
-                    break;
-                }
-                match self.settle_affinity(node, cidr).await? {
-                    Settled::Usable(block) => got.extend(
-                        self.assign_from_block(*block, req, num - got.len() as u32, Some(node))
-                            .await?,
-                    ),
-                    Settled::Ours => {}
-                    Settled::Forgotten => owned = owned.saturating_sub(1),
-                }
-            }
-        }
-        let limit = req.config.block_limit(req.args.max_blocks_per_host);
-        let mut hit_limit = false;
-        while (got.len() as u32) < num && req.config.auto_allocate_blocks {
-            if owned >= limit {
-                hit_limit = true;
-                break;
-            }
-            let Some(block) = self
-                .claim_free_block(node, &pools, &req.reservations, &held)
-                .await?
-            else {
-                break;
-            };
-            held.insert(block.value.cidr);
-            owned += 1;
-            got.extend(
-                self.assign_from_block(block, req, num - got.len() as u32, Some(node))
-                    .await?,
-            );
-        }
-        // At the block limit Calico fails rather than borrow, strict affinity or not: where
-        // a node's addresses land must not depend on which IPAM a cluster runs.
-        if (got.len() as u32) < num && !req.config.strict_affinity && !hit_limit {
-            got.extend(
-                self.borrow(req, family, num - got.len() as u32, &in_pools)
-                    .await?,
-            );
-        }
-        let available = got.len() as u32;
-        match family {
-            Family::V4 => out.ipv4.extend(got),
-            Family::V6 => out.ipv6.extend(got),
-        }
-        if available == num {
-            Ok(())
-        } else if hit_limit {
-            Err(Error::BlockLimit {
-                node: node.to_string(),
-                limit,
-            })
-        } else {
-            Err(Error::PoolExhausted {
-                family: family.name(),
-                requested: num,
-                available,
-            })
-        }
     }
 
     /// `args` with the node's and the namespace's labels the store holds. A node the store
