@@ -133,16 +133,17 @@ impl IpamPlugin {
         let is_status = matches!(verb, Verb::Status);
         let recorded = verb.recorded_as();
         let stats_path = spec.node_file(".stats");
+        let lock_path = config
+            .ipam_lock_file
+            .clone()
+            .unwrap_or_else(|| spec.node_file(".lock"));
         let ctx = Context {
             config: &config,
             node,
             log: &log,
-            lock_path: Some(
-                config
-                    .ipam_lock_file
-                    .clone()
-                    .unwrap_or_else(|| spec.node_file(".lock")),
-            ),
+            upgrade_marker: matches!(spec, DatastoreSpec::Kubernetes { .. })
+                .then(|| self::lock::beside(&lock_path, ".upgraded")),
+            lock_path: Some(lock_path),
             create_pools: spec.local_path().is_some(),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -310,3 +310,82 @@ async fn calico_ipam_and_ours_share_a_cluster() {
     assert_eq!(code, 0, "ipamctl check with every pod alive: {report}");
     eprintln!("calicoctl ipam check:\n{calico_says}");
 }
+
+/// Strips Calico's labels from `node`'s affinities: what Calico before v3.30 wrote.
+async fn as_older_calico_wrote(server: &KubeApiServer, node: &str) {
+    let list = kubectl_ok(server, &["get", "blockaffinities", "-o", "json"]).await;
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["spec"]["node"] == node)
+        .map(|a| a["metadata"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.is_empty(), "no affinity of {node}");
+    for name in names {
+        let object = format!("blockaffinities/{name}");
+        kubectl_ok(
+            server,
+            &[
+                "label",
+                &object,
+                "projectcalico.org/hostname-hash-",
+                "projectcalico.org/affinity-type-",
+                "projectcalico.org/ip-version-",
+            ],
+        )
+        .await;
+    }
+}
+
+/// A node whose affinity an older Calico wrote (no labels): before the node's first ADD
+/// since boot ours labels it, as calico-ipam's upgrade does, and allocates from its block.
+/// With the upgrade marked as done already, the same ADD misses the block and claims
+/// another: the labelling is what finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn affinities_an_older_calico_wrote_are_labelled_and_used() {
+    let (server, _admin, dir) = calico_cluster(&["old-node", "marked-node"]).await;
+    for (node, id) in [("old-node", "c1"), ("marked-node", "c2")] {
+        let c = calico("ADD", id, &conf(&server, "calico-ipam", node));
+        assert_eq!(c.status, Some(0), "calico-ipam ADD: {c:?}");
+        as_older_calico_wrote(&server, node).await;
+    }
+    let with_lock = |node: &str| {
+        let mut c = conf(&server, "ipam-cni", node);
+        c["ipam_lock_file"] = json!(dir.path().join(node).join("ipam.lock"));
+        c
+    };
+
+    let marker = dir.path().join("marked-node/ipam.lock.upgraded");
+    std::fs::create_dir_all(marker.parent().unwrap()).unwrap();
+    std::fs::write(&marker, b"").unwrap();
+    let before = blocks_of(&server, "marked-node").await;
+    let o = ours("ADD", "o2", &with_lock("marked-node")).ips()[0].clone();
+    assert!(!in_block(&o, &before[0]), "found without the labels?");
+    assert_eq!(blocks_of(&server, "marked-node").await.len(), 2);
+
+    let blocks = blocks_of(&server, "old-node").await;
+    let o = ours("ADD", "o1", &with_lock("old-node")).ips()[0].clone();
+    assert!(
+        in_block(&o, &blocks[0]),
+        "ours gave {o}, not from {blocks:?}"
+    );
+    assert_eq!(
+        blocks_of(&server, "old-node").await,
+        blocks,
+        "claimed another"
+    );
+    assert!(dir.path().join("old-node/ipam.lock.upgraded").is_file());
+    let selector = format!(
+        "projectcalico.org/hostname-hash={}",
+        ipam_k8s::resource::calico_hostname_hash("old-node")
+    );
+    let get = ["get", "blockaffinities", "-l", &selector, "-o", "name"];
+    let labelled = kubectl_ok(&server, &get).await;
+    assert_eq!(labelled.lines().count(), 1, "the affinity is labelled");
+    // Calico's plugin finds it too.
+    let c = calico("ADD", "c3", &conf(&server, "calico-ipam", "old-node"));
+    assert_eq!(c.status, Some(0), "calico-ipam ADD: {c:?}");
+    assert_eq!(blocks_of(&server, "old-node").await, blocks);
+}

@@ -98,6 +98,10 @@ impl<D: Datastore, H: Hooks> Datastore for Hooked<D, H> {
         self.inner.node_snapshot(node).await
     }
 
+    async fn upgrade_node(&self, node: &str) -> Result<Option<usize>, StoreError> {
+        self.inner.upgrade_node(node).await
+    }
+
     fn supports_commit(&self) -> bool {
         self.inner.supports_commit()
     }

@@ -391,6 +391,19 @@ pub trait Datastore: Send + Sync {
         async { Ok(None) }
     }
 
+    /// Rewrites `node`'s objects that an older Calico stored in a shape this store's lookups
+    /// miss (Calico before v3.30 wrote BlockAffinities without the labels a node's are
+    /// listed by), as Calico's `UpgradeHost` does, and returns how many; `Ok(None)` where
+    /// the store has nothing of the kind. Only `node`'s own objects, so that nodes doing it at
+    /// once do not contend.
+    fn upgrade_node(
+        &self,
+        node: &str,
+    ) -> impl Future<Output = Result<Option<usize>, StoreError>> + Send {
+        let _ = node;
+        async { Ok(None) }
+    }
+
     /// Everything the allocator reads for `node` before assigning. Backends that can read
     /// several ranges at once (a SQLite read transaction, an etcd transaction) override this.
     fn node_snapshot(

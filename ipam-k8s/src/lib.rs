@@ -14,6 +14,7 @@ pub mod resource;
 pub mod schema;
 mod snapshot;
 pub mod store;
+mod upgrade;
 
 pub use resource::{GROUP, NODE_LABEL, ResourceDef, VERSION};
 pub use schema::crds;

@@ -181,6 +181,45 @@ impl KubeStore {
 
     /// One attempt of a create: a plain create, or the replacement of a soft-deleted object
     /// of that name. A lost race is returned as a conflict.
+    /// Every live object of kind `R` matching the label `selector` (all without one) that
+    /// `keep` accepts, sorted by name; paged, at most [`MAX_PAGES`] pages.
+    pub(crate) async fn list_selected<R: Resource>(
+        &self,
+        selector: Option<&str>,
+        keep: impl Fn(&Stored<R>) -> bool,
+    ) -> Result<Vec<Stored<R>>, StoreError> {
+        let api = self.api::<R>();
+        let mut params = ListParams::default().limit(PAGE_SIZE);
+        if let Some(selector) = selector {
+            params = params.labels(selector);
+        }
+        let mut out = Vec::new();
+        for _ in 0..MAX_PAGES {
+            let page = self
+                .send(Op::List, || api.list(&params))
+                .await
+                .map_err(|e| map_err::<R>("", e))?;
+            for obj in page.items {
+                let stored = decode::<R>(obj)?;
+                if keep(&stored) && !stored.value.is_deleted() {
+                    out.push(stored);
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params.continue_token = Some(token),
+                None => {
+                    out.sort_by(|a, b| a.name.cmp(&b.name));
+                    return Ok(out);
+                }
+            }
+        }
+        Err(StoreError::Invalid {
+            kind: R::KIND,
+            name: String::new(),
+            reason: format!("list exceeded {MAX_PAGES} pages"),
+        })
+    }
+
     async fn create_or_replace<R: Resource>(
         &self,
         name: &str,
@@ -334,41 +373,15 @@ impl Datastore for KubeStore {
     }
 
     async fn list<R: Resource>(&self, scope: Scope<'_>) -> Result<Vec<Stored<R>>, StoreError> {
-        let api = self.api::<R>();
-        let mut params = ListParams::default().limit(PAGE_SIZE);
-        if let Scope::Node(node) = scope {
-            params = params.labels(&node_selector(R::KIND, node));
-        }
-        let mut out = Vec::new();
-        for _ in 0..MAX_PAGES {
-            let page = self
-                .send(Op::List, || api.list(&params))
-                .await
-                .map_err(|e| map_err::<R>("", e))?;
-            for obj in page.items {
-                let stored = decode::<R>(obj)?;
-                // A digest label value can collide; the spec decides.
-                let on_node = match scope {
-                    Scope::All => true,
-                    Scope::Node(node) => stored.value.node() == Some(node),
-                };
-                if on_node && !stored.value.is_deleted() {
-                    out.push(stored);
-                }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params.continue_token = Some(token),
-                None => {
-                    out.sort_by(|a, b| a.name.cmp(&b.name));
-                    return Ok(out);
-                }
+        match scope {
+            Scope::All => self.list_selected(None, |_: &Stored<R>| true).await,
+            // A digest label value can collide; the spec decides.
+            Scope::Node(node) => {
+                let selector = node_selector(R::KIND, node);
+                let on_node = |s: &Stored<R>| s.value.node() == Some(node);
+                self.list_selected(Some(&selector), on_node).await
             }
         }
-        Err(StoreError::Invalid {
-            kind: R::KIND,
-            name: String::new(),
-            reason: format!("list exceeded {MAX_PAGES} pages"),
-        })
     }
 
     async fn create<R: Resource>(&self, name: &str, value: R) -> Result<Revision, StoreError> {
@@ -438,6 +451,10 @@ impl Datastore for KubeStore {
         };
         let found = found.map_err(|e| map_err::<IpPool>("", e))?;
         Ok(found.map(|m| m.labels.unwrap_or_default().into_iter().collect()))
+    }
+
+    async fn upgrade_node(&self, node: &str) -> Result<Option<usize>, StoreError> {
+        self.label_calico_affinities(node).await.map(Some)
     }
 
     async fn node_snapshot(&self, node: &str) -> Result<NodeSnapshot, StoreError> {

@@ -81,6 +81,13 @@ impl HostLock {
     }
 }
 
+/// The node-local file `suffix` names beside the lock file `lock` (`ipam.lock.upgraded`).
+pub fn beside(lock: &Path, suffix: &str) -> PathBuf {
+    let mut name = lock.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// Opens (creating it 0600, past the umask) the lock file without following a symlink, and
 /// refuses one owned by someone else: whoever can open the file can hold the lock and stall
 /// every ADD on the host for [`LOCK_WAIT`], so only its owner may. A missing directory is

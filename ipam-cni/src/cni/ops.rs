@@ -8,7 +8,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipam_core::{
     AutoAssignArgs, Datastore, Error as IpamError, HandleId, Ipam, LabelsFromStore, NodeName,
@@ -40,6 +40,9 @@ pub struct Context<'a> {
     pub lock_path: Option<PathBuf>,
     /// Whether pools named by CIDR may be created (the embedded store).
     pub create_pools: bool,
+    /// On a store an older Calico may have written (Kubernetes): the file whose existence
+    /// says this node's objects were upgraded since boot ([`upgrade_once`]).
+    pub upgrade_marker: Option<PathBuf>,
 }
 
 /// One container attachment.
@@ -66,6 +69,9 @@ pub async fn add<D: Datastore>(
     let _lock = HostLock::acquire(ctx.lock_path.as_deref(), LOCK_WAIT, ctx.log).await;
     let assigning = Cell::new(false);
     let work = async {
+        if let Some(marker) = &ctx.upgrade_marker {
+            upgrade_once(ipam, ctx, marker).await?;
+        }
         if let Some(held) = existing(ipam, &handle, &att.ifname).await? {
             ctx.log
                 .info(format_args!("ADD {handle}: already holds {held:?}"));
@@ -86,6 +92,37 @@ pub async fn add<D: Datastore>(
             })
         }
     }
+}
+
+/// Brings this node's objects that an older Calico wrote to the shape the lookups need
+/// (labels on its BlockAffinities), once: under the host lock, before the node's first ADD
+/// since boot, as calico-ipam does. The marker records it; one that cannot be written only
+/// means doing it again next time.
+async fn upgrade_once<D: Datastore>(
+    ipam: &Ipam<D>,
+    ctx: &Context<'_>,
+    marker: &Path,
+) -> Result<()> {
+    if marker.exists() {
+        return Ok(());
+    }
+    let upgraded = ipam
+        .store()
+        .upgrade_node(ctx.node.as_str())
+        .await
+        .map_err(IpamError::from)?;
+    if let Some(n) = upgraded.filter(|n| *n > 0) {
+        ctx.log.info(format_args!(
+            "labelled {n} block affinities an older Calico wrote"
+        ));
+    }
+    if let Err(e) = ipam_sqlite::files::open_owned(marker, true, 0o600) {
+        ctx.log.warn(format_args!(
+            "cannot write {}: {e}; the upgrade check runs again next time",
+            marker.display()
+        ));
+    }
+    Ok(())
 }
 
 /// DEL: releases the attachment's handle and Calico's `<namespace>.<pod>` handle.
