@@ -229,32 +229,31 @@ async fn put_at<D: Datastore + 'static, R: Admit>(
     Ok(to_object(&stored, &api.meta(R::KIND, name)))
 }
 
-/// Writes `spec` over `name`: at `revision` if given, else at whatever revision is current.
+/// Writes `spec` over `name` at `revision`. Without one it is refused, as kube-apiserver
+/// refuses an unconditional update of a custom resource (its strategy allows none): a
+/// replace from a copy without a version would overwrite whatever was written since.
 async fn put<D: Datastore + 'static, R: Admit>(
     api: &ApiServer<D>,
     name: &str,
     spec: R,
     revision: Option<Revision>,
 ) -> Result<Value, Status> {
-    if let Some(rev) = revision {
-        return put_at(api, name, spec, &rev)
-            .await
-            .map_err(|f| f.into_status(R::KIND, name));
-    }
-    let spec = &spec;
-    retry_conflicts(UNCONDITIONAL_ATTEMPTS, (), |()| async move {
-        let attempt = async {
-            let current = api.store.get::<R>(name).await?;
-            put_at(api, name, spec.clone(), &current.revision).await
-        };
-        ((), attempt.await)
-    })
-    .await
-    .map_err(|e| gave_up(R::KIND, name, e))
+    let Some(rev) = revision else {
+        let why = "must be specified for an update";
+        return Err(Status::invalid(
+            R::KIND,
+            name,
+            "metadata.resourceVersion",
+            why,
+        ));
+    };
+    put_at(api, name, spec, &rev)
+        .await
+        .map_err(|f| f.into_status(R::KIND, name))
 }
 
 /// `PUT .../{plural}/{name}`: a compare-and-swap on `metadata.resourceVersion` (409 when it
-/// moved); without one, an unconditional update, as kube-apiserver allows for custom resources.
+/// moved, 422 when it is missing).
 pub(super) async fn update<D: Datastore + 'static>(
     State(api): State<Arc<ApiServer<D>>>,
     Path((plural, name)): Path<(String, String)>,

@@ -191,6 +191,16 @@ fn write(path: &Path, body: &str) {
     std::fs::write(path, body).unwrap();
 }
 
+/// An object (kubectl's YAML of it) as JSON without its `metadata.resourceVersion`.
+fn without_resource_version(yaml: &str) -> String {
+    let mut object: serde_json::Value = serde_norway::from_str(yaml).unwrap();
+    object["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    object.to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_preconditions_are_refused() {
     let (server, ipam) = populated().await;
@@ -256,6 +266,26 @@ async fn stale_preconditions_are_refused() {
         "{}",
         String::from_utf8_lossy(&replaced.stderr)
     );
+    assert_eq!(k.ok(&rv_path).await, fresh);
+
+    // A PUT of a copy without any resourceVersion is refused (422), as the real server
+    // refuses it (kubectl's own replace fills the version in; `--raw` sends the file).
+    write(
+        &k.path("unversioned.json"),
+        &without_resource_version(&old_yaml),
+    );
+    let replaced = k
+        .run(&[
+            "replace",
+            "--raw",
+            &url,
+            "-f",
+            k.path("unversioned.json").to_str().unwrap(),
+        ])
+        .await;
+    assert!(!replaced.status.success(), "an unversioned PUT succeeded");
+    let err = String::from_utf8_lossy(&replaced.stderr);
+    assert!(err.contains("must be specified for an update"), "{err}");
     assert_eq!(k.ok(&rv_path).await, fresh);
 
     // With the current resourceVersion the delete goes through.

@@ -260,6 +260,35 @@ async fn stale_preconditions_are_refused(k: &KubeApiServer, dir: &Path) {
     );
     assert_eq!(ok(k, &rv_path).await, fresh);
 
+    // A PUT of a copy without any resourceVersion: custom resources take no unconditional
+    // update (kubectl's own replace fills the version in; `--raw` sends the file).
+    let unversioned = dir.join("unversioned.json");
+    let mut object: serde_json::Value = serde_norway::from_str(&old_yaml).unwrap();
+    object["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    write(&unversioned, &object.to_string());
+    let replaced = run(
+        k,
+        ADMIN,
+        &[
+            "replace",
+            "--raw",
+            &url,
+            "-f",
+            unversioned.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert!(!replaced.status.success(), "an unversioned PUT succeeded");
+    assert!(
+        stderr(&replaced).contains("must be specified for an update"),
+        "{}",
+        stderr(&replaced)
+    );
+    assert_eq!(ok(k, &rv_path).await, fresh);
+
     let fresh_file = dir.join("fresh.json");
     write(&fresh_file, &body(&fresh));
     ok(
