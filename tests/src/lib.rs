@@ -5,4 +5,5 @@ pub mod certs;
 pub mod conformance;
 pub mod etcd;
 pub mod etcd_server;
+pub mod kubectl_suite;
 pub mod model;
