@@ -6,73 +6,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::model::{BlockAffinity, IpPool, IpReservation, IpamBlock, IpamConfig, IpamHandle};
 
-/// What a datastore operation can fail with.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// No live object has that name.
-    #[error("{kind} {name:?} not found")]
-    NotFound {
-        /// The resource kind.
-        kind: Kind,
-        /// The object name.
-        name: String,
-    },
-    /// A live object already has that name.
-    #[error("{kind} {name:?} already exists")]
-    AlreadyExists {
-        /// The resource kind.
-        kind: Kind,
-        /// The object name.
-        name: String,
-    },
-    /// The object's revision moved since it was read: read again and retry.
-    #[error("{kind} {name:?} was changed by someone else")]
-    Conflict {
-        /// The resource kind.
-        kind: Kind,
-        /// The object name.
-        name: String,
-    },
-    /// The datastore cannot be reached now; the same call may succeed later.
-    #[error("datastore unavailable: {source}")]
-    Unavailable {
-        /// What the backend reported.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// The backend refused the object or the request as malformed.
-    #[error("invalid {kind} {name:?}: {reason}")]
-    Invalid {
-        /// The resource kind.
-        kind: Kind,
-        /// The object name.
-        name: String,
-        /// Why it was refused.
-        reason: String,
-    },
-    /// The backend refused this client: credentials missing or wrong, or no permission for
-    /// the request. Retrying cannot help until the configuration or the grants change.
-    #[error("datastore refused the request: {source}")]
-    Denied {
-        /// What the backend reported.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-    /// Anything else the backend reported (I/O, decoding, protocol).
-    #[error("datastore error: {source}")]
-    Other {
-        /// What the backend reported.
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
-}
+mod counts;
+mod error;
+
+pub use counts::{Op, OpCounter, OpCounts};
+pub use error::StoreError;
 
 /// The six resource kinds of `crd.projectcalico.org/v1` that IPAM uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -113,46 +57,6 @@ pub enum Scope<'a> {
     All,
     /// Objects tied to one node (see [`Resource::node`]); a backend answers from an index.
     Node(&'a str),
-}
-
-/// Counts of datastore round trips, for benchmarks and cost checks.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct OpCounts {
-    /// Single-object reads.
-    pub gets: u64,
-    /// List reads (one per round trip, however many objects).
-    pub lists: u64,
-    /// Creates.
-    pub creates: u64,
-    /// Compare-and-swap updates.
-    pub updates: u64,
-    /// Compare-and-swap deletes.
-    pub deletes: u64,
-}
-
-/// Atomic counters a backend embeds to implement [`Datastore::op_counts`].
-#[derive(Debug, Default)]
-pub struct OpCounter {
-    gets: AtomicU64,
-    lists: AtomicU64,
-    creates: AtomicU64,
-    updates: AtomicU64,
-    deletes: AtomicU64,
-}
-
-/// One operation, for [`OpCounter::count`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Op {
-    /// A get.
-    Get,
-    /// A list.
-    List,
-    /// A create.
-    Create,
-    /// An update.
-    Update,
-    /// A delete.
-    Delete,
 }
 
 /// What the allocator reads about one node in the steady state, ideally in one round trip.
@@ -456,64 +360,6 @@ pub fn present<R>(got: Result<Stored<R>, StoreError>) -> Result<Option<Stored<R>
     }
 }
 
-impl StoreError {
-    /// Whether this is a CAS conflict (the only error the retry helper swallows).
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, StoreError::Conflict { .. })
-    }
-
-    /// Whether a write lost a race with another writer: a conflict, or a create that found
-    /// the object there, or an update that found it gone. A fresh read decides what next.
-    pub fn is_lost_race(&self) -> bool {
-        matches!(
-            self,
-            StoreError::Conflict { .. }
-                | StoreError::AlreadyExists { .. }
-                | StoreError::NotFound { .. }
-        )
-    }
-
-    /// This error as a [`StoreError::Conflict`] on the same object, for a lost race the caller
-    /// retries (see [`StoreError::is_lost_race`]); other errors are returned unchanged.
-    pub fn into_conflict(self) -> StoreError {
-        match self {
-            StoreError::AlreadyExists { kind, name } | StoreError::NotFound { kind, name } => {
-                StoreError::Conflict { kind, name }
-            }
-            other => other,
-        }
-    }
-
-    /// Whether the object was absent.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, StoreError::NotFound { .. })
-    }
-
-    /// A NotFound for `R` named `name`.
-    pub fn not_found<R: Resource>(name: &str) -> Self {
-        StoreError::NotFound {
-            kind: R::KIND,
-            name: name.to_owned(),
-        }
-    }
-
-    /// An AlreadyExists for `R` named `name`.
-    pub fn already_exists<R: Resource>(name: &str) -> Self {
-        StoreError::AlreadyExists {
-            kind: R::KIND,
-            name: name.to_owned(),
-        }
-    }
-
-    /// A Conflict for `R` named `name`.
-    pub fn conflict<R: Resource>(name: &str) -> Self {
-        StoreError::Conflict {
-            kind: R::KIND,
-            name: name.to_owned(),
-        }
-    }
-}
-
 impl Kind {
     /// Every kind, in a fixed order.
     pub const ALL: [Kind; 6] = [
@@ -566,54 +412,6 @@ impl Revision {
 impl fmt::Display for Revision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl OpCounts {
-    /// Round trips that only read.
-    pub fn reads(&self) -> u64 {
-        self.gets + self.lists
-    }
-
-    /// Round trips that write.
-    pub fn writes(&self) -> u64 {
-        self.creates + self.updates + self.deletes
-    }
-
-    /// The counts accrued since `earlier`.
-    pub fn since(&self, earlier: &OpCounts) -> OpCounts {
-        OpCounts {
-            gets: self.gets - earlier.gets,
-            lists: self.lists - earlier.lists,
-            creates: self.creates - earlier.creates,
-            updates: self.updates - earlier.updates,
-            deletes: self.deletes - earlier.deletes,
-        }
-    }
-}
-
-impl OpCounter {
-    /// Counts one round trip.
-    pub fn count(&self, op: Op) {
-        let cell = match op {
-            Op::Get => &self.gets,
-            Op::List => &self.lists,
-            Op::Create => &self.creates,
-            Op::Update => &self.updates,
-            Op::Delete => &self.deletes,
-        };
-        cell.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The counts so far.
-    pub fn snapshot(&self) -> OpCounts {
-        OpCounts {
-            gets: self.gets.load(Ordering::Relaxed),
-            lists: self.lists.load(Ordering::Relaxed),
-            creates: self.creates.load(Ordering::Relaxed),
-            updates: self.updates.load(Ordering::Relaxed),
-            deletes: self.deletes.load(Ordering::Relaxed),
-        }
     }
 }
 
