@@ -57,6 +57,10 @@ pub(super) struct ListQuery {
     pub resource_version: Option<String>,
     pub timeout_seconds: Option<u64>,
     pub watch: bool,
+    /// A streaming list (`sendInitialEvents=true`): every object as ADDED, then, with
+    /// `allowWatchBookmarks=true`, a BOOKMARK marking the end of the initial events.
+    pub send_initial_events: bool,
+    pub allow_watch_bookmarks: bool,
 }
 
 impl ListQuery {
@@ -80,7 +84,8 @@ impl ListQuery {
                 Status::bad_request("invalid value for continue: not a token this server issued")
             })?),
         };
-        let watch = params.get("watch").is_some_and(|w| w == "true" || w == "1");
+        let flag = |key: &str| params.get(key).is_some_and(|w| w == "true" || w == "1");
+        let watch = flag("watch");
         Ok(ListQuery {
             labels,
             names,
@@ -89,6 +94,8 @@ impl ListQuery {
             resource_version: params.get("resourceVersion").cloned(),
             timeout_seconds: number("timeoutSeconds")?,
             watch,
+            send_initial_events: flag("sendInitialEvents"),
+            allow_watch_bookmarks: flag("allowWatchBookmarks"),
         })
     }
 }

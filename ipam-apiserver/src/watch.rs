@@ -46,8 +46,13 @@ pub(super) async fn watch<D: Datastore + 'static>(
         .map_or(api.options.watch_timeout, Duration::from_secs);
     let deadline = Instant::now() + wanted.min(MAX_WATCH);
     with_kind!(def.kind, R => {
-        // Objects at or below the requested revision are what the client already has.
-        let since = query.resource_version.as_deref().and_then(|v| v.parse::<u64>().ok());
+        // Objects at or below the requested revision are what the client already has; a
+        // streaming list's revision is only a lower bound, and it gets every object.
+        let since = query
+            .resource_version
+            .as_deref()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|_| !query.send_initial_events);
         let known = match (since, select::<D, R>(&api, &query).await) {
             (Some(n), Ok((items, _))) if n > 0 => items
                 .into_iter()
@@ -57,9 +62,11 @@ pub(super) async fn watch<D: Datastore + 'static>(
             (_, Err(s)) => return s.into_response(),
             _ => BTreeMap::new(),
         };
+        let bookmark = query.send_initial_events && query.allow_watch_bookmarks;
         let state = Watch::<D, R> {
             api, def, query, as_table, include, deadline, known,
             queue: VecDeque::new(), first: true, done: false,
+            bookmark,
             _permit: permit, _kind: std::marker::PhantomData,
         };
         let body = stream::unfold(state, |mut w| async move {
@@ -87,6 +94,8 @@ struct Watch<D, R> {
     queue: VecDeque<Bytes>,
     first: bool,
     done: bool,
+    /// A BOOKMARK is owed after the first poll (the end of a streaming list's initial events).
+    bookmark: bool,
     _permit: OwnedSemaphorePermit,
     _kind: std::marker::PhantomData<fn() -> R>,
 }
@@ -111,8 +120,8 @@ impl<D: Datastore + 'static, R: Resource> Watch<D, R> {
     }
 
     async fn poll(&mut self) {
-        let items = match select::<D, R>(&self.api, &self.query).await {
-            Ok((items, _)) => items,
+        let (items, revision) = match select::<D, R>(&self.api, &self.query).await {
+            Ok(found) => found,
             Err(status) => {
                 self.done = true;
                 self.push("ERROR", status.to_json());
@@ -139,6 +148,23 @@ impl<D: Datastore + 'static, R: Resource> Watch<D, R> {
             self.push_object("DELETED", &obj);
         }
         self.known = seen;
+        if std::mem::take(&mut self.bookmark) {
+            self.push_initial_events_end(revision);
+        }
+    }
+
+    /// The BOOKMARK a streaming list ends its initial events with, as kube-apiserver sends
+    /// it: an object of the kind holding only the revision and the end annotation.
+    fn push_initial_events_end(&mut self, revision: Option<u64>) {
+        let object = json!({
+            "kind": self.def.kind_name(),
+            "apiVersion": ipam_k8s::resource::API_VERSION,
+            "metadata": {
+                "resourceVersion": revision.unwrap_or(0).to_string(),
+                "annotations": {"k8s.io/initial-events-end": "true"},
+            },
+        });
+        self.push("BOOKMARK", object);
     }
 
     fn push_object(&mut self, kind: &str, obj: &Value) {
