@@ -182,6 +182,9 @@ async fn create_typed<D: Datastore + 'static, R: Admit>(
 ) -> Result<Value, Status> {
     let inc = incoming::<R>(body, None)?;
     let name = inc.name.clone().unwrap_or_default();
+    if let Err(why) = rfc1123_subdomain(&name) {
+        return Err(Status::invalid(R::KIND, &name, "metadata.name", &why));
+    }
     if inc.resource_version.is_some() {
         let why = "resourceVersion should not be set on objects to be created";
         return Err(Status::invalid(
@@ -210,6 +213,24 @@ async fn create_typed<D: Datastore + 'static, R: Admit>(
         value: inc.spec,
     };
     Ok(to_object(&stored, &api.meta(R::KIND, &name)))
+}
+
+/// The rule kube-apiserver holds a custom resource's name to: a lowercase RFC 1123
+/// subdomain (at most 253 characters; dot-separated labels of `a-z`, `0-9` and `-` that
+/// start and end alphanumeric).
+fn rfc1123_subdomain(name: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        l.starts_with(alnum) && l.ends_with(alnum) && l.chars().all(|c| alnum(c) || c == '-')
+    };
+    if name.len() <= 253 && name.split('.').all(label_ok) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+             characters, '-' or '.', and must start and end with an alphanumeric character"
+        ))
+    }
 }
 
 /// One admitted compare-and-swap of `spec` over `name` at `revision`.
@@ -485,6 +506,32 @@ fn success(kind: Kind, name: &str) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn names_are_rfc1123_subdomains() {
+        for ok in [
+            "a",
+            "k8s-pod-network.0a1b",
+            "10-244-0-0-26",
+            "node-1-fd00--122",
+        ] {
+            assert_eq!(super::rfc1123_subdomain(ok), Ok(()), "{ok}");
+        }
+        let long = "a".repeat(254);
+        for bad in [
+            "",
+            "Upper_Case",
+            "-a",
+            "a-",
+            "a..b",
+            ".a",
+            "a.",
+            "a_b",
+            &long,
+        ] {
+            assert!(super::rfc1123_subdomain(bad).is_err(), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -435,6 +435,21 @@ pub async fn writes_follow_the_api_rules(t: &Target) {
         ])
         .await;
     assert!(stderr(&bad).contains("is invalid"), "{}", stderr(&bad));
+    // A name that is no lowercase RFC 1123 subdomain is Invalid on both servers.
+    let upper = t.path("upper.json");
+    write(
+        &upper,
+        &handle.replace(r#""name":"made-by-kubectl""#, r#""name":"Upper_Case""#),
+    );
+    let refused = t
+        .run(&["create", "--validate=false", "-f", upper.to_str().unwrap()])
+        .await;
+    assert!(!refused.status.success(), "Upper_Case was created");
+    assert!(
+        stderr(&refused).contains("RFC 1123"),
+        "{}",
+        stderr(&refused)
+    );
 
     let paged = t
         .ok(&["get", "ipamhandles", "--chunk-size=1", "-o", "name"])
