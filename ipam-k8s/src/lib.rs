@@ -10,6 +10,7 @@
 //!
 //! The spec types are `ipam_core::model`'s; nothing here defines a second copy of them.
 
+mod client;
 pub mod resource;
 pub mod schema;
 mod snapshot;
