@@ -85,6 +85,7 @@ impl EtcdStore {
                 ops.push(TxnOp::delete(old, None));
             }
         }
+        self.counter.count(Op::Update);
         let txn = Txn::new().when(primaries).and_then(ops).or_else(look);
         let resp = self.txn(txn).await?;
         if resp.succeeded() {
