@@ -5,7 +5,7 @@
 
 use crate::error::Result;
 use crate::model::IpamHandle;
-use crate::store::{Datastore, StoreError, Stored};
+use crate::store::{Datastore, Revision, StoreError, Stored};
 
 use super::Ipam;
 
@@ -21,11 +21,7 @@ impl<D: Datastore> Ipam<D> {
         n: u32,
         known: &mut Option<Stored<IpamHandle>>,
     ) -> Result<()> {
-        let (mut value, revision) = match known.take() {
-            Some(s) => (s.value, Some(s.revision)),
-            None => (IpamHandle::new(handle), None),
-        };
-        *value.block.entry(block.to_owned()).or_default() += n;
+        let (value, revision) = counting(handle, block, n, known.take());
         let written = match &revision {
             Some(rev) => self.store.update(handle, value.clone(), rev).await,
             None => self.store.create(handle, value.clone()).await,
@@ -90,4 +86,20 @@ impl<D: Datastore> Ipam<D> {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// `handle` as it stands in `known` (a new one when `None`) counting `n` more addresses in
+/// `block`, and the revision to write it at (`None`: create it).
+pub(crate) fn counting(
+    handle: &str,
+    block: &str,
+    n: u32,
+    known: Option<Stored<IpamHandle>>,
+) -> (IpamHandle, Option<Revision>) {
+    let (mut value, revision) = match known {
+        Some(s) => (s.value, Some(s.revision)),
+        None => (IpamHandle::new(handle), None),
+    };
+    *value.block.entry(block.to_owned()).or_default() += n;
+    (value, revision)
 }

@@ -113,11 +113,7 @@ impl<D: Datastore> Ipam<D> {
         n: u32,
         known: &mut Option<Stored<IpamHandle>>,
     ) -> Result<()> {
-        let (mut value, revision) = match known.take() {
-            Some(s) => (s.value, Some(s.revision)),
-            None => (IpamHandle::new(handle), None),
-        };
-        *value.block.entry(cidr.to_owned()).or_default() += n;
+        let (value, revision) = crate::ipam::handle::counting(handle, cidr, n, known.take());
         let name = handle.to_owned();
         let handle_write = match revision {
             Some(revision) => Write::Update {
