@@ -4,7 +4,7 @@
 //! It is what [`Datastore::commit`](ipam_core::Datastore::commit) does on etcd for the batch
 //! the allocator writes. It writes both objects or neither.
 
-use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
+use crate::wire::{Compare, KeyValue, Txn, TxnOp};
 use ipam_core::store::Op;
 use ipam_core::{BatchWrite, IpamBlock, IpamHandle, Revision, StoreError, Stored, Write};
 
@@ -42,13 +42,13 @@ impl EtcdStore {
         let hrev = handle.revision.as_ref().map(revision_number);
         let brev = revision_number(&block.revision);
         let handle_cmp = match hrev {
-            Some(r) => Compare::mod_revision(hplan.primary.clone(), CompareOp::Equal, r),
-            None => Compare::create_revision(hplan.primary.clone(), CompareOp::Equal, 0),
+            Some(r) => Compare::mod_revision(hplan.primary.clone(), r),
+            None => Compare::create_revision(hplan.primary.clone(), 0),
         };
-        let block_cmp = Compare::mod_revision(bplan.primary.clone(), CompareOp::Equal, brev);
+        let block_cmp = Compare::mod_revision(bplan.primary.clone(), brev);
         let mut ops = hplan.ops;
         if hrev.is_none() && !hplan.deleted {
-            ops.push(TxnOp::delete(hplan.tombstone, None));
+            ops.push(TxnOp::delete(hplan.tombstone));
         }
         ops.extend(bplan.ops.iter().cloned());
         let look = [get_op(&hplan.primary), get_op(&bplan.primary)];
@@ -57,7 +57,7 @@ impl EtcdStore {
             bplan
                 .placement
                 .clone()
-                .map(|p| Compare::mod_revision(p, CompareOp::Equal, brev)),
+                .map(|p| Compare::mod_revision(p, brev)),
         );
         let txn = Txn::new()
             .when(when)
@@ -79,7 +79,7 @@ impl EtcdStore {
         let old = self.placement_of::<IpamBlock>(&block.name, &kv)?;
         ops.extend(
             old.filter(|o| Some(o) != bplan.placement.as_ref())
-                .map(|o| TxnOp::delete(o, None)),
+                .map(TxnOp::delete),
         );
         let txn = Txn::new()
             .when([handle_cmp, block_cmp])
@@ -164,7 +164,7 @@ fn diagnose(
     hrev: Option<i64>,
     block: &str,
     brev: i64,
-    resp: &etcd_client::TxnResponse,
+    resp: &crate::wire::TxnResponse,
 ) -> Finding {
     let ops = resp.op_responses();
     let h = range_at(&ops, 0);

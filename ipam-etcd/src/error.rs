@@ -68,9 +68,18 @@ pub enum Error {
     /// etcd answered a write without the header that carries its revision.
     #[error("etcd answered without a response header")]
     NoHeader,
-    /// The client refused the settings (a malformed URL, bad TLS material, bad credentials).
-    #[error("etcd client: {0}")]
-    Client(#[source] etcd_client::Error),
+    /// The gRPC client refused an endpoint's settings (a malformed URL, bad TLS material).
+    #[error("etcd endpoint {endpoint:?}: {source}")]
+    Settings {
+        /// The endpoint, credentials redacted.
+        endpoint: String,
+        /// What the client reported.
+        #[source]
+        source: tonic::transport::Error,
+    },
+    /// etcd refused the credentials at connect (wrong user or password, auth not enabled).
+    #[error("etcd refused the credentials: {}", .0.message())]
+    Refused(#[source] tonic::Status),
 }
 
 /// Results of setting up.

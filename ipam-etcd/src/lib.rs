@@ -38,6 +38,13 @@
 //! Blocks of Calico's default size (/26) are about 20 KB of JSON. A fully allocated /20 block
 //! is about 1.2 MB and is written twice (primary and node copy) in one transaction: etcd needs
 //! `--max-request-bytes` above its 1.5 MiB default for blocks that large.
+//!
+//! # Wire
+//!
+//! The store speaks etcd's gRPC API through `tonic` with the handful of messages it uses
+//! declared by hand (`wire.rs`, etcd's field numbers), rather than through a general etcd
+//! client: that keeps the plugin's dependency tree small and needs no `protoc` to build.
+//! The tests check it against a real etcd and against etcd's own Rust client as a peer.
 
 mod assignment;
 mod client;
@@ -46,6 +53,7 @@ mod error;
 mod keys;
 mod release;
 mod store;
+mod wire;
 
 pub use assignment::HandleWrite;
 pub use client::{EtcdStore, TimedOut};

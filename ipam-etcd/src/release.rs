@@ -4,7 +4,7 @@
 //! writes, and with [`EtcdStore::handle_snapshot`](ipam_core::Datastore::handle_snapshot) it
 //! makes a release by handle two reads and one write.
 
-use etcd_client::{Compare, CompareOp, KeyValue, Txn, TxnOp};
+use crate::wire::{Compare, KeyValue, Txn, TxnOp};
 use ipam_core::store::Op;
 use ipam_core::{
     HandleSnapshot, IpamBlock, IpamConfig, IpamHandle, Resource, Revision, StoreError, Stored,
@@ -51,21 +51,17 @@ impl EtcdStore {
         let hrev = revision_number(&revision);
         let mut primaries: Vec<Compare> = steps
             .iter()
-            .map(|s| Compare::mod_revision(s.primary.clone(), CompareOp::Equal, s.revision))
+            .map(|s| Compare::mod_revision(s.primary.clone(), s.revision))
             .collect();
-        primaries.push(Compare::mod_revision(
-            handle_key.clone(),
-            CompareOp::Equal,
-            hrev,
-        ));
+        primaries.push(Compare::mod_revision(handle_key.clone(), hrev));
         let mut ops: Vec<TxnOp> = steps.iter().flat_map(|s| s.ops.iter().cloned()).collect();
-        ops.push(TxnOp::delete(handle_key.clone(), None));
+        ops.push(TxnOp::delete(handle_key.clone()));
         let mut look: Vec<TxnOp> = steps.iter().map(|s| get_op(&s.primary)).collect();
         look.push(get_op(&handle_key));
         let mut when = primaries.clone();
         when.extend(steps.iter().filter_map(|s| {
             let key = s.expected.clone()?;
-            Some(Compare::mod_revision(key, CompareOp::Equal, s.revision))
+            Some(Compare::mod_revision(key, s.revision))
         }));
         self.counter.count(Op::Update);
         let txn = Txn::new()
@@ -82,7 +78,7 @@ impl EtcdStore {
         for (step, kv) in steps.iter().zip(&current) {
             let placed = self.placement_of::<IpamBlock>(&step.name, kv)?;
             if let Some(old) = placed.filter(|p| Some(p) != step.expected.as_ref()) {
-                ops.push(TxnOp::delete(old, None));
+                ops.push(TxnOp::delete(old));
             }
         }
         self.counter.count(Op::Update);
@@ -118,8 +114,8 @@ impl EtcdStore {
             Write::Delete { name, revision } => {
                 let primary = self.keys.primary(IpamBlock::KIND, &name);
                 let expected = self.keys.placement(IpamBlock::KIND, &name, None);
-                let mut ops = vec![TxnOp::delete(primary.clone(), None)];
-                ops.extend(expected.clone().map(|p| TxnOp::delete(p, None)));
+                let mut ops = vec![TxnOp::delete(primary.clone())];
+                ops.extend(expected.clone().map(TxnOp::delete));
                 Ok(BlockStep {
                     name,
                     primary,
@@ -203,7 +199,7 @@ fn diagnose(
     steps: &[BlockStep],
     handle: &str,
     hrev: i64,
-    resp: &etcd_client::TxnResponse,
+    resp: &crate::wire::TxnResponse,
 ) -> Result<Vec<KeyValue>, StoreError> {
     let ops = resp.op_responses();
     match range_at(&ops, steps.len()).first() {

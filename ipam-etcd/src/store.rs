@@ -6,7 +6,7 @@
 //! or affinity to another node (claiming, releasing) and a direct delete of a live block or
 //! affinity take two, the first of which reads the old node and is counted as a get.
 
-use etcd_client::{Compare, CompareOp, TxnOp, TxnOpResponse};
+use crate::wire::{Compare, KeyValue, Txn, TxnOp, TxnOpResponse};
 use ipam_core::store::Op;
 use ipam_core::{
     BatchWrite, BlockAffinity, Datastore, HandleSnapshot, IpPool, IpReservation, IpamBlock,
@@ -43,9 +43,9 @@ impl EtcdStore {
         let deleted = value.is_deleted();
         let mut ops = Vec::with_capacity(3);
         if deleted {
-            ops.push(TxnOp::delete(primary.clone(), None));
-            ops.push(TxnOp::put(tombstone.clone(), bytes, None));
-            ops.extend(placement.clone().map(|p| TxnOp::delete(p, None)));
+            ops.push(TxnOp::delete(primary.clone()));
+            ops.push(TxnOp::put(tombstone.clone(), bytes));
+            ops.extend(placement.clone().map(TxnOp::delete));
         } else {
             if let Some(p) = &placement {
                 let copy = if Keys::placement_holds_copy(node) {
@@ -53,9 +53,9 @@ impl EtcdStore {
                 } else {
                     Vec::new()
                 };
-                ops.push(TxnOp::put(p.clone(), copy, None));
+                ops.push(TxnOp::put(p.clone(), copy));
             }
-            ops.push(TxnOp::put(primary.clone(), bytes, None));
+            ops.push(TxnOp::put(primary.clone(), bytes));
         }
         Ok(WritePlan {
             primary,
@@ -70,7 +70,7 @@ impl EtcdStore {
     pub(crate) fn placement_of<R: Resource>(
         &self,
         name: &str,
-        kv: &etcd_client::KeyValue,
+        kv: &KeyValue,
     ) -> Result<Option<String>, StoreError> {
         let old: Stored<R> = decode(name, kv)?;
         Ok(self.keys.placement(R::KIND, name, old.value.node()))
@@ -81,10 +81,10 @@ impl EtcdStore {
         let mut ops = plan.ops;
         if !plan.deleted {
             // A soft-deleted object of that name is replaced: its tombstone goes.
-            ops.push(TxnOp::delete(plan.tombstone, None));
+            ops.push(TxnOp::delete(plan.tombstone));
         }
-        let txn = etcd_client::Txn::new()
-            .when([Compare::create_revision(plan.primary, CompareOp::Equal, 0)])
+        let txn = Txn::new()
+            .when([Compare::create_revision(plan.primary, 0)])
             .and_then(ops);
         self.counter.count(Op::Create);
         let resp = self.txn(txn).await?;
@@ -103,18 +103,14 @@ impl EtcdStore {
     ) -> Result<Revision, StoreError> {
         let rev = revision_number(revision);
         let plan = self.plan(name, &value)?;
-        let mut when = vec![Compare::mod_revision(
-            plan.primary.clone(),
-            CompareOp::Equal,
-            rev,
-        )];
+        let mut when = vec![Compare::mod_revision(plan.primary.clone(), rev)];
         // The new value's placement key carries `rev` only if the object stays where it was.
         when.extend(
             plan.placement
                 .clone()
-                .map(|p| Compare::mod_revision(p, CompareOp::Equal, rev)),
+                .map(|p| Compare::mod_revision(p, rev)),
         );
-        let txn = etcd_client::Txn::new()
+        let txn = Txn::new()
             .when(when)
             .and_then(plan.ops.clone())
             .or_else([get_op(&plan.primary)]);
@@ -147,14 +143,10 @@ impl EtcdStore {
         let mut ops = plan.ops;
         ops.extend(
             old.filter(|o| Some(o) != plan.placement.as_ref())
-                .map(|o| TxnOp::delete(o, None)),
+                .map(TxnOp::delete),
         );
-        let txn = etcd_client::Txn::new()
-            .when([Compare::mod_revision(
-                plan.primary.clone(),
-                CompareOp::Equal,
-                rev,
-            )])
+        let txn = Txn::new()
+            .when([Compare::mod_revision(plan.primary.clone(), rev)])
             .and_then(ops)
             .or_else([get_op(&plan.primary)]);
         let resp = self.txn(txn).await?;
@@ -181,23 +173,15 @@ impl EtcdStore {
             look.to_vec()
         } else {
             vec![TxnOp::txn(
-                etcd_client::Txn::new()
-                    .when([Compare::mod_revision(
-                        primary.clone(),
-                        CompareOp::Equal,
-                        rev,
-                    )])
-                    .and_then([TxnOp::delete(primary.clone(), None)])
+                Txn::new()
+                    .when([Compare::mod_revision(primary.clone(), rev)])
+                    .and_then([TxnOp::delete(primary.clone())])
                     .or_else(look.clone()),
             )]
         };
-        let txn = etcd_client::Txn::new()
-            .when([Compare::mod_revision(
-                tombstone.clone(),
-                CompareOp::Equal,
-                rev,
-            )])
-            .and_then([TxnOp::delete(tombstone.clone(), None)])
+        let txn = Txn::new()
+            .when([Compare::mod_revision(tombstone.clone(), rev)])
+            .and_then([TxnOp::delete(tombstone.clone())])
             .or_else(otherwise);
         let resp = self.txn(txn).await?;
         if resp.succeeded() {
@@ -218,13 +202,10 @@ impl EtcdStore {
             return Err(present_conflict::<R>(name, &ops));
         };
         self.counter.count(Op::Get);
-        let mut deletes = vec![TxnOp::delete(primary.clone(), None)];
-        deletes.extend(
-            self.placement_of::<R>(name, kv)?
-                .map(|p| TxnOp::delete(p, None)),
-        );
-        let txn = etcd_client::Txn::new()
-            .when([Compare::mod_revision(primary, CompareOp::Equal, rev)])
+        let mut deletes = vec![TxnOp::delete(primary.clone())];
+        deletes.extend(self.placement_of::<R>(name, kv)?.map(TxnOp::delete));
+        let txn = Txn::new()
+            .when([Compare::mod_revision(primary, rev)])
             .and_then(deletes)
             .or_else(look);
         self.counter.count(Op::Delete);
@@ -261,7 +242,7 @@ impl EtcdStore {
         let mut reads = vec![get_op(&config)];
         reads.extend(prefixes.iter().map(|p| range_op(p)));
         self.counter.count(Op::List);
-        let resp = self.txn(etcd_client::Txn::new().and_then(reads)).await?;
+        let resp = self.txn(Txn::new().and_then(reads)).await?;
         let ops = resp.op_responses();
         let config = range_at(&ops, 0)
             .first()

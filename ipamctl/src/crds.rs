@@ -17,7 +17,7 @@ pub fn manifests() -> Result<String> {
     let mut text = String::new();
     for crd in ipam_k8s::crds() {
         text.push_str("---\n");
-        let doc = serde_norway::to_string(&crd).map_err(|e| CtlError::Serialize(e.to_string()))?;
+        let doc = serde_yaml::to_string(&crd).map_err(|e| CtlError::Serialize(e.to_string()))?;
         text.push_str(&doc);
     }
     Ok(text)
@@ -47,7 +47,7 @@ mod tests {
         let docs: Vec<serde_json::Value> = text
             .split("---\n")
             .filter(|d| !d.trim().is_empty())
-            .map(|d| serde_norway::from_str(d).unwrap())
+            .map(|d| serde_yaml::from_str(d).unwrap())
             .collect();
         assert_eq!(docs, ipam_k8s::crds());
     }

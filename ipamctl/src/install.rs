@@ -308,7 +308,7 @@ fn kubeconfig(server: &str, ca: &[u8], token: &str) -> Result<String> {
         "contexts": [{"name": "ipam-cni", "context": {"cluster": "cluster", "user": "ipam-cni"}}],
         "current-context": "ipam-cni",
     });
-    let text = serde_norway::to_string(&config).map_err(|e| CtlError::Serialize(e.to_string()))?;
+    let text = serde_yaml::to_string(&config).map_err(|e| CtlError::Serialize(e.to_string()))?;
     Ok(format!(
         "# Written by `ipamctl install-cni` for the ipam-cni ServiceAccount; rewritten as the \
          token rotates.\n{text}"
@@ -423,7 +423,7 @@ mod tests {
     #[test]
     fn the_kubeconfig_embeds_the_ca_and_the_token() {
         let text = kubeconfig("https://10.0.0.1:443", b"PEM", "tok.en").unwrap();
-        let v: Value = serde_norway::from_str(&text).unwrap();
+        let v: Value = serde_yaml::from_str(&text).unwrap();
         let cluster = &v["clusters"][0]["cluster"];
         assert_eq!(cluster["server"], "https://10.0.0.1:443");
         assert_eq!(cluster["certificate-authority-data"], "UEVN");

@@ -39,7 +39,7 @@ pub fn emit<T: Serialize>(
         }
         Format::Yaml => {
             let text =
-                serde_norway::to_string(value).map_err(|e| CtlError::Serialize(e.to_string()))?;
+                serde_yaml::to_string(value).map_err(|e| CtlError::Serialize(e.to_string()))?;
             write!(out, "{text}").map_err(CtlError::Output)
         }
     }

@@ -150,7 +150,7 @@ fn print_addresses(out: &mut dyn Write, format: Format, done: &[Released]) -> Re
 pub fn read_report(path: &Path) -> Result<Report> {
     let text = read_input(path)?;
     serde_json::from_str(&text).or_else(|json_err| {
-        serde_norway::from_str(&text).map_err(|_| CtlError::Parse {
+        serde_yaml::from_str(&text).map_err(|_| CtlError::Parse {
             path: path.to_owned(),
             what: "check report (from `ipamctl check -o json`)",
             reason: json_err.to_string(),

@@ -130,7 +130,7 @@ fn the_plugin_its_kubeconfig_and_its_conflist_are_installed_with_least_modes() {
     assert_eq!(mode(&node.conflist()), 0o644);
     assert_eq!(mode(&node.kubeconfig()), 0o600);
     let kubeconfig: serde_json::Value =
-        serde_norway::from_str(&std::fs::read_to_string(node.kubeconfig()).unwrap()).unwrap();
+        serde_yaml::from_str(&std::fs::read_to_string(node.kubeconfig()).unwrap()).unwrap();
     let cluster = &kubeconfig["clusters"][0]["cluster"];
     assert_eq!(cluster["server"], "https://10.0.0.1:443");
     let ca = cluster["certificate-authority-data"].as_str().unwrap();

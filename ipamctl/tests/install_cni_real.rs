@@ -38,7 +38,7 @@ fn ok(out: Output) -> String {
 /// The CA file the harness's kubeconfig names.
 fn ca_of(server: &KubeApiServer) -> PathBuf {
     let text = std::fs::read_to_string(server.kubeconfig(ADMIN)).unwrap();
-    let config: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    let config: serde_json::Value = serde_yaml::from_str(&text).unwrap();
     let ca = &config["clusters"][0]["cluster"]["certificate-authority"];
     PathBuf::from(ca.as_str().unwrap())
 }

@@ -346,7 +346,7 @@ impl KubeApiServer {
     pub async fn install_crds(&self) {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/crds.yaml");
         let text = std::fs::read_to_string(path).expect("read deploy/crds.yaml");
-        let crds: Vec<Value> = serde_norway::Deserializer::from_str(&text)
+        let crds: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
             .map(|doc| serde::Deserialize::deserialize(doc).expect("deploy/crds.yaml parses"))
             .filter(|v: &Value| !v.is_null())
             .collect();

@@ -263,7 +263,7 @@ pub async fn stale_preconditions_are_refused(t: &Target, ipam: &Ipam<KubeStore>)
     // A PUT of a copy without any resourceVersion: custom resources take no unconditional
     // update (kubectl's own replace fills the version in; `--raw` sends the file).
     let unversioned = t.path("unversioned.json");
-    let mut object: serde_json::Value = serde_norway::from_str(&old_yaml).unwrap();
+    let mut object: serde_json::Value = serde_yaml::from_str(&old_yaml).unwrap();
     object["metadata"]
         .as_object_mut()
         .unwrap()
