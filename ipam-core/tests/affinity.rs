@@ -39,10 +39,7 @@ async fn affinity_state<D: Datastore>(store: &D, node: &str, cidr: &str) -> Opti
 #[test]
 fn a_pending_affinity_without_a_block_is_completed() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/26", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/26", 26)]).await;
         let s = ipam.store();
         let name = affinity_name("n1", &bc("10.0.0.0/26"));
         s.create(&name, affinity("n1", "10.0.0.0/26", AffinityState::Pending))
@@ -64,10 +61,7 @@ fn a_pending_affinity_without_a_block_is_completed() {
 #[test]
 fn a_pending_affinity_with_its_block_is_confirmed() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 26)]).await;
         let s = ipam.store();
         let b = IpamBlock::new(bc("10.0.0.128/26"), Some("host:n1".into()), 7, None);
         s.create(&bc("10.0.0.128/26").name(), b).await.unwrap();
@@ -93,10 +87,7 @@ fn a_pending_affinity_with_its_block_is_confirmed() {
 #[test]
 fn a_pending_affinity_never_owns_addresses() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/26", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/26", 26)]).await;
         let s = ipam.store();
         let name = affinity_name("n1", &bc("10.0.0.0/26"));
         s.create(&name, affinity("n1", "10.0.0.0/26", AffinityState::Pending))
@@ -129,10 +120,7 @@ fn a_pending_affinity_never_owns_addresses() {
 #[test]
 fn an_empty_unowned_block_is_adopted() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/26", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/26", 26)]).await;
         let s = ipam.store();
         let b = IpamBlock::new(bc("10.0.0.0/26"), None, 5, None);
         s.create(&bc("10.0.0.0/26").name(), b).await.unwrap();
@@ -150,10 +138,7 @@ fn an_empty_unowned_block_is_adopted() {
 #[test]
 fn claim_and_release_affinity() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 26)]).await;
         let (claimed, refused) = ipam
             .claim_affinity("10.0.0.0/25".parse().unwrap(), &node("n1"))
             .await
@@ -210,13 +195,7 @@ fn claim_and_release_affinity() {
 #[test]
 fn release_host_and_pool_affinities_and_remove_host() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 28))
-            .await
-            .unwrap();
-        ipam.create_pool("q", pool("10.1.0.0/24", 28))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 28), ("q", "10.1.0.0/24", 28)]).await;
         let mut only_q = args("n1", 1, 0, "a");
         only_q.pools4 = vec!["q".into()];
         ipam.auto_assign(&args("n1", 17, 0, "a")).await.unwrap(); // two blocks of p or q

@@ -13,13 +13,8 @@ use ipam_core::{AssignmentMode, AutoAssignArgs, Error, IntendedUse, ReleaseReque
 #[test]
 fn ipv4_ipv6_and_dual_stack() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("v4", pool("10.244.0.0/16", 26))
-            .await
-            .unwrap();
-        ipam.create_pool("v6", pool("fd00:10:244::/64", 122))
-            .await
-            .unwrap();
+        let (ipam, _) =
+            ipam_with(&[("v4", "10.244.0.0/16", 26), ("v6", "fd00:10:244::/64", 122)]).await;
         let v4 = ipam.auto_assign(&args("n1", 2, 0, "a")).await.unwrap();
         assert_eq!((v4.ipv4.len(), v4.ipv6.len()), (2, 0));
         assert!(v4.ipv4.iter().all(|n| n.prefix_len() == 26));
@@ -48,10 +43,7 @@ fn ipv4_ipv6_and_dual_stack() {
 #[test]
 fn dual_stack_is_all_or_nothing() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("v4", pool("10.244.0.0/16", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("v4", "10.244.0.0/16", 26)]).await;
         // No IPv6 pool: the IPv4 half must not be kept.
         let err = ipam.auto_assign(&args("n1", 1, 1, "a")).await.unwrap_err();
         assert!(
@@ -71,10 +63,7 @@ fn dual_stack_is_all_or_nothing() {
 #[test]
 fn released_addresses_are_reused_oldest_first() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 29))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 29)]).await;
         let got = ipam.auto_assign(&args("n1", 6, 0, "a")).await.unwrap();
         let ips: Vec<_> = got.ipv4.iter().map(|n| n.addr()).collect();
         // Free the 4th, then the 2nd: they come back after the untouched tail, in that order.
@@ -166,10 +155,7 @@ fn pools_are_chosen_by_selector_use_mode_and_state() {
 #[test]
 fn assign_ip_claims_the_block_and_refuses_taken_addresses() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 28))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 28)]).await;
         let got = ipam
             .assign_ip(
                 ip("10.0.0.21"),
@@ -217,10 +203,7 @@ fn assign_ip_claims_the_block_and_refuses_taken_addresses() {
 #[test]
 fn strict_affinity_refuses_other_nodes_blocks() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/28", 29))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/28", 29)]).await;
         strict(&ipam, 0).await;
         let a = ipam.auto_assign(&args("n1", 8, 0, "a")).await.unwrap();
         let b = ipam.auto_assign(&args("n2", 1, 0, "b")).await.unwrap();
@@ -247,10 +230,7 @@ fn strict_affinity_refuses_other_nodes_blocks() {
 #[test]
 fn without_strict_affinity_a_node_borrows_when_it_cannot_claim() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/28", 29))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/28", 29)]).await;
         ipam.auto_assign(&args("n1", 1, 0, "a")).await.unwrap();
         ipam.auto_assign(&args("n2", 1, 0, "b")).await.unwrap();
         // Both blocks are claimed: n3 can claim none and borrows from one of them.
@@ -283,10 +263,7 @@ fn without_strict_affinity_a_node_borrows_when_it_cannot_claim() {
 #[test]
 fn max_blocks_per_host_stops_claims() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 29))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 29)]).await;
         strict(&ipam, 2).await;
         ipam.auto_assign(&args("n1", 16, 0, "a")).await.unwrap();
         let before = dump(ipam.store()).await;
@@ -310,10 +287,7 @@ fn max_blocks_per_host_stops_claims() {
 #[test]
 fn steady_state_round_trips() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/16", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/16", 26)]).await;
         ipam.auto_assign(&args("n1", 1, 0, "warm")).await.unwrap();
         let before = ipam_core::Datastore::op_counts(ipam.store());
         ipam.auto_assign(&args("n1", 1, 0, "pod")).await.unwrap();

@@ -73,10 +73,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Value {
 /// A MemoryStore holding a 10.0.0.0/24 pool of /29 blocks, the block `spec` owned by n1
 /// (with its confirmed affinity), and a handle for each of `handles` counting `count` in it.
 async fn seeded(spec: Value, handles: &[(&str, u32)]) -> ipam_core::Ipam<ipam_core::MemoryStore> {
-    let (ipam, _clock) = ipam();
-    ipam.create_pool("p", pool("10.0.0.0/24", 29))
-        .await
-        .unwrap();
+    let (ipam, _clock) = ipam_with(&[("p", "10.0.0.0/24", 29)]).await;
     let b: IpamBlock = decode(spec);
     let cidr = b.block_cidr().unwrap();
     let store = ipam.store();

@@ -19,13 +19,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 #[test]
 fn the_block_limit_counts_only_the_requests_pools_and_a_request_cannot_raise_it() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("a", pool("10.1.0.0/24", 30))
-            .await
-            .unwrap();
-        ipam.create_pool("b", pool("10.2.0.0/24", 30))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("a", "10.1.0.0/24", 30), ("b", "10.2.0.0/24", 30)]).await;
         strict(&ipam, 1).await;
         // A block of pool a does not count against a request for pool b.
         let mut in_a = args("n1", 4, 0, "in-a");
@@ -162,10 +156,7 @@ fn an_empty_block_of_another_node_is_reclaimed_after_a_minute_when_none_is_free(
 #[test]
 fn a_confirmed_affinity_whose_block_is_gone_gets_its_block_back() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.9.0.0/29", 30))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.9.0.0/29", 30)]).await;
         strict(&ipam, 1).await;
         let got = ipam.auto_assign(&args("n1", 4, 0, "a")).await.unwrap();
         let cidr = block(ipam.store(), &got.ipv4[0].trunc().to_string()).await;
@@ -184,10 +175,7 @@ fn a_confirmed_affinity_whose_block_is_gone_gets_its_block_back() {
 #[test]
 fn a_stale_affinity_is_deleted_and_no_longer_counts() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.10.0.0/29", 30))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.10.0.0/29", 30)]).await;
         strict(&ipam, 1).await;
         let got = ipam.auto_assign(&args("n1", 1, 0, "a")).await.unwrap();
         // The block is handed to n2 behind n1's back; n1's affinity is stale.

@@ -21,10 +21,7 @@ async fn cooldown(ipam: &ipam_core::Ipam<ipam_core::MemoryStore>, secs: u32) {
 #[test]
 fn released_addresses_rest_then_return_in_release_order() {
     pollster::block_on(async {
-        let (ipam, clock) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/29", 29))
-            .await
-            .unwrap();
+        let (ipam, clock) = ipam_with(&[("p", "10.0.0.0/29", 29)]).await;
         cooldown(&ipam, 60).await;
         let got = ipam.auto_assign(&args("n1", 6, 0, "a")).await.unwrap();
         let (x, y) = (got.ipv4[4].addr(), got.ipv4[1].addr());
@@ -57,10 +54,7 @@ fn released_addresses_rest_then_return_in_release_order() {
 #[test]
 fn release_cooled_down_frees_only_what_is_due() {
     pollster::block_on(async {
-        let (ipam, clock) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/28", 28))
-            .await
-            .unwrap();
+        let (ipam, clock) = ipam_with(&[("p", "10.0.0.0/28", 28)]).await;
         cooldown(&ipam, 30).await;
         let got = ipam.auto_assign(&args("n1", 3, 0, "a")).await.unwrap();
         let block = ipam_core::BlockCidr::new("10.0.0.0/28".parse().unwrap()).unwrap();
@@ -82,10 +76,7 @@ fn release_cooled_down_frees_only_what_is_due() {
 #[test]
 fn a_rested_address_in_another_nodes_full_block_can_be_borrowed() {
     pollster::block_on(async {
-        let (ipam, clock) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/29", 29))
-            .await
-            .unwrap();
+        let (ipam, clock) = ipam_with(&[("p", "10.0.0.0/29", 29)]).await;
         cooldown(&ipam, 10).await;
         let got = ipam.auto_assign(&args("n1", 8, 0, "a")).await.unwrap();
         let x = got.ipv4[3].addr();

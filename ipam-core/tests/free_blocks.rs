@@ -11,10 +11,7 @@ use ipam_core::{BlockAffinity, Datastore, Ipam, IpamBlock, IpamConfig, MemorySto
 /// A /20 pool of 64 /26 blocks with strict affinity (no borrowing hides a failed claim);
 /// nodes `o0`..`o{taken-1}` hold one block each.
 async fn filled(taken: u32) -> Ipam<MemoryStore> {
-    let (ipam, _) = ipam();
-    ipam.create_pool("p", pool("10.0.0.0/20", 26))
-        .await
-        .unwrap();
+    let (ipam, _) = ipam_with(&[("p", "10.0.0.0/20", 26)]).await;
     let c = IpamConfig {
         strict_affinity: true,
         ..Default::default()

@@ -13,10 +13,7 @@ use ipam_core::{Datastore, Error, ReleaseOutcome, ReleaseRequest};
 #[test]
 fn a_stale_sequence_number_cannot_release_a_reallocated_address() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 28))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 28)]).await;
         let a = ip("10.0.0.7");
         ipam.assign_ip(a, Some(&handle("old")), BTreeMap::new(), &node("n1"))
             .await
@@ -65,10 +62,7 @@ fn a_stale_sequence_number_cannot_release_a_reallocated_address() {
 #[test]
 fn release_is_idempotent() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 28))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 28)]).await;
         let got = ipam.auto_assign(&args("n1", 2, 0, "a")).await.unwrap();
         let reqs: Vec<_> = got
             .ipv4
@@ -115,13 +109,7 @@ fn release_is_idempotent() {
 #[test]
 fn release_by_handle_frees_every_family_and_block() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("v4", pool("10.0.0.0/24", 30))
-            .await
-            .unwrap();
-        ipam.create_pool("v6", pool("fd00::/120", 126))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("v4", "10.0.0.0/24", 30), ("v6", "fd00::/120", 126)]).await;
         // Six IPv4 addresses span two /30 blocks.
         let got = ipam.auto_assign(&args("n1", 6, 2, "pod")).await.unwrap();
         let keep = ipam.auto_assign(&args("n1", 1, 0, "other")).await.unwrap();
@@ -170,10 +158,7 @@ fn release_by_handle_frees_every_family_and_block() {
 #[test]
 fn assignment_attributes_say_who_holds_an_address() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/24", 26))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/24", 26)]).await;
         let mut a = args("n1", 1, 0, "k8s-pod-network.abc");
         a.attrs.insert("namespace".into(), "default".into());
         a.attrs.insert("pod".into(), "nginx".into());

@@ -19,10 +19,7 @@ fn reservation(cidrs: &[&str]) -> IpReservation {
 #[test]
 fn reserved_addresses_are_passed_over() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/29", 29))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/29", 29)]).await;
         ipam.create_reservation("r", reservation(&["10.0.0.0", "10.0.0.2/31"]))
             .await
             .unwrap();
@@ -62,10 +59,7 @@ fn reserved_addresses_are_passed_over() {
 #[test]
 fn wholly_reserved_blocks_are_not_claimed() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/28", 30))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/28", 30)]).await;
         // Block .0/30 by one reservation, block .4/30 by two together.
         ipam.create_reservation("one", reservation(&["10.0.0.0/30"]))
             .await

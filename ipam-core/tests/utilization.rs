@@ -11,13 +11,7 @@ use ipam_core::{IpReservation, Usage};
 #[test]
 fn counts_per_pool_and_block_with_overlapping_reservations() {
     pollster::block_on(async {
-        let (ipam, _) = ipam();
-        ipam.create_pool("p", pool("10.0.0.0/28", 29))
-            .await
-            .unwrap();
-        ipam.create_pool("q", pool("10.1.0.0/28", 29))
-            .await
-            .unwrap();
+        let (ipam, _) = ipam_with(&[("p", "10.0.0.0/28", 29), ("q", "10.1.0.0/28", 29)]).await;
         let got = ipam.auto_assign(&args("n1", 3, 0, "a")).await.unwrap();
         assert!(
             got.ipv4.iter().all(|n| n.addr() < ip("10.0.0.16")),

@@ -14,13 +14,7 @@ type Ipam = ipam_core::Ipam<MemoryStore>;
 
 /// A store with a pool, a full small pool, an allocation and a reservation.
 async fn populated() -> Ipam {
-    let (ipam, _) = ipam();
-    ipam.create_pool("main", pool("10.0.0.0/24", 28))
-        .await
-        .unwrap();
-    ipam.create_pool("tiny", pool("10.9.0.0/30", 30))
-        .await
-        .unwrap();
+    let (ipam, _) = ipam_with(&[("main", "10.0.0.0/24", 28), ("tiny", "10.9.0.0/30", 30)]).await;
     let mut all_tiny = args("n1", 4, 0, "full");
     all_tiny.pools4 = vec!["tiny".into()];
     ipam.auto_assign(&all_tiny).await.unwrap();

@@ -23,6 +23,19 @@ pub fn ipam() -> (Ipam<MemoryStore>, std::sync::Arc<ManualClock>) {
     (Ipam::new(MemoryStore::new(), clock.clone()), clock)
 }
 
+/// [`ipam`] with `pools` (name, CIDR, block size) created, in order.
+pub async fn ipam_with(
+    pools: &[(&str, &str, u8)],
+) -> (Ipam<MemoryStore>, std::sync::Arc<ManualClock>) {
+    let (ipam, clock) = ipam();
+    for (name, cidr, block_size) in pools {
+        ipam.create_pool(name, pool(cidr, *block_size))
+            .await
+            .unwrap();
+    }
+    (ipam, clock)
+}
+
 pub fn node(n: &str) -> NodeName {
     NodeName::new(n).unwrap()
 }
