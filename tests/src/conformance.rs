@@ -37,18 +37,13 @@ pub use load::{
     large_blocks_round_trip,
 };
 
-/// Expands to one `#[tokio::test]` per conformance check. `$make` is an expression, evaluated
-/// in each test (it may `.await`), giving `(store, guard)`: a fresh empty store and whatever
-/// must live as long as it. `@without_counters $make` runs every check except
-/// `operation_counters`, for a store whose round trips differ by design (KubeStore).
+/// The one list of conformance checks but `operation_counters`: calls the macro named in
+/// brackets with the tokens after it followed by the checks' names, comma-separated
+/// (`conformance_checks!([my_macro] server;)` is `my_macro!(server; crud_every_kind, ...)`).
 #[macro_export]
-macro_rules! datastore_conformance {
-    ($make:expr) => {
-        $crate::datastore_conformance!(@without_counters $make);
-        $crate::datastore_conformance!(@checks $make; operation_counters);
-    };
-    (@without_counters $make:expr) => {
-        $crate::datastore_conformance!(@checks $make;
+macro_rules! conformance_checks {
+    ([$($callback:tt)+] $($args:tt)*) => {
+        $($callback)+! {$($args)*
             crud_every_kind,
             revisions_never_repeat,
             cas_conflicts_leave_the_object_alone,
@@ -60,7 +55,22 @@ macro_rules! datastore_conformance {
             node_snapshot_matches_reads,
             commit_is_all_or_nothing,
             release_commit_is_all_or_nothing,
-        );
+        }
+    };
+}
+
+/// Expands to one `#[tokio::test]` per conformance check. `$make` is an expression, evaluated
+/// in each test (it may `.await`), giving `(store, guard)`: a fresh empty store and whatever
+/// must live as long as it. `@without_counters $make` runs every check except
+/// `operation_counters`, for a store whose round trips differ by design (KubeStore).
+#[macro_export]
+macro_rules! datastore_conformance {
+    ($make:expr) => {
+        $crate::datastore_conformance!(@without_counters $make);
+        $crate::datastore_conformance!(@checks $make; operation_counters);
+    };
+    (@without_counters $make:expr) => {
+        $crate::conformance_checks!([$crate::datastore_conformance] @checks $make;);
     };
     (@checks $make:expr; $($check:ident),* $(,)?) => {
         $(

@@ -38,9 +38,9 @@ async fn outcome(name: &str, check: impl Future<Output = ()>) -> Option<String> 
     })
 }
 
-/// The checks of `ipam_tests::datastore_conformance!(@without_counters ..)`, each on an empty
-/// store. `operation_counters` is left out for the reason `k8s_conformance.rs` gives (a
-/// refused create costs KubeStore a second round trip by design).
+/// The checks of [`ipam_tests::conformance_checks`], each on an empty store (that list leaves
+/// out `operation_counters` for the reason `k8s_conformance.rs` gives: a refused create costs
+/// KubeStore a second round trip by design).
 macro_rules! conformance {
     ($server:expr; $($check:ident),* $(,)?) => {{
         let mut failed = Vec::new();
@@ -62,19 +62,7 @@ macro_rules! conformance {
 async fn conformance_suite_on_a_real_api_server() {
     let server = KubeApiServer::start().await;
     server.install_crds().await;
-    let failed = conformance!(server;
-        crud_every_kind,
-        revisions_never_repeat,
-        cas_conflicts_leave_the_object_alone,
-        soft_deleted_objects_are_absent,
-        node_scoped_listing,
-        concurrent_writers_one_winner_per_round,
-        concurrent_counter_counts_every_success,
-        large_blocks_round_trip,
-        node_snapshot_matches_reads,
-        commit_is_all_or_nothing,
-        release_commit_is_all_or_nothing,
-    );
+    let failed = ipam_tests::conformance_checks!([conformance] server;);
     assert!(failed.is_empty(), "failed checks:\n{}", failed.join("\n"));
 }
 
